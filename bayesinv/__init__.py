@@ -1,0 +1,27 @@
+"""bayesinv: Bayesian inverse problems with normalizing-flow priors, as Pyro models.
+
+One model (:class:`InverseProblem`), three inference families (MAP, variational, MCMC), one
+diagnostics layer (ArviZ).
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import operators, priors
+from .infer import Posterior, exact_gaussian_posterior, gaussian_posterior_mean
+from .problem import GaussianNoise, InverseProblem
+
+try:
+    __version__ = version("bayesinv")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0+unknown"
+
+__all__ = [
+    "InverseProblem",
+    "GaussianNoise",
+    "Posterior",
+    "operators",
+    "priors",
+    "exact_gaussian_posterior",
+    "gaussian_posterior_mean",
+    "__version__",
+]
