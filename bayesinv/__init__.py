@@ -7,7 +7,7 @@ diagnostics layer (ArviZ).
 from importlib.metadata import PackageNotFoundError, version
 
 from . import operators, priors
-from .infer import Posterior, exact_gaussian_posterior, gaussian_posterior_mean
+from .infer import Posterior, exact_gaussian_posterior, gaussian_posterior_mean, map_estimate
 from .problem import GaussianNoise, InverseProblem
 
 try:
@@ -19,6 +19,7 @@ __all__ = [
     "InverseProblem",
     "GaussianNoise",
     "Posterior",
+    "map_estimate",
     "operators",
     "priors",
     "exact_gaussian_posterior",

@@ -54,11 +54,16 @@ class Operator(nn.Module, ABC):
     @property
     def device(self) -> torch.device:
         """Device of the operator's buffers (CPU when it has none)."""
-        for t in self.buffers():
-            return t.device
-        for p in self.parameters():
-            return p.device
-        return torch.device("cpu")
+        from ..priors.base import _first_floating
+
+        return _first_floating(self).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the operator's buffers (the default dtype when it has none)."""
+        from ..priors.base import _first_floating
+
+        return _first_floating(self).dtype
 
     def describe(self) -> dict[str, object]:
         """A JSON-serialisable description (name, shapes, settings) for provenance."""
@@ -122,7 +127,7 @@ class LinearOperator(Operator):
     def operator_norm(self, n_iter: int = 50, seed: int = 0) -> float:
         r"""Estimate :math:`\|A\|_2` by power iteration on :math:`A^*A`."""
         gen = torch.Generator().manual_seed(seed)
-        x = torch.randn((1, *self.in_shape), generator=gen).to(self.device)
+        x = torch.randn((1, *self.in_shape), generator=gen, dtype=self.dtype).to(self.device)
         x = x / x.norm()
         lam = torch.zeros(())
         for _ in range(check_int(n_iter, "n_iter")):

@@ -48,9 +48,13 @@ class Prior(nn.Module, ABC):
 
     @property
     def device(self) -> torch.device:
-        for t in list(self.parameters()) + list(self.buffers()):
-            return t.device
-        return torch.device("cpu")
+        """Device of the prior's parameters/buffers (CPU when it has none)."""
+        return _first_floating(self).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the prior's parameters/buffers (the default dtype when none)."""
+        return _first_floating(self).dtype
 
     @abstractmethod
     def log_prob(self, x: Tensor) -> Tensor:
@@ -103,13 +107,13 @@ class LatentPrior(Prior):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         n = check_int(n, "n")
-        z = torch.randn((n, *self.latent_shape), generator=generator,
+        z = torch.randn((n, *self.latent_shape), generator=generator, dtype=self.dtype,
                         device=generator.device if generator is not None else self.device)
         return self.generate(z.to(self.device))
 
     def latent_distribution(self) -> dist.Distribution:
         """The standard normal on latents, as a Pyro distribution with event shape latent_shape."""
-        zero = torch.zeros((), device=self.device)
+        zero = torch.zeros((), device=self.device, dtype=self.dtype)
         return dist.Normal(zero, 1.0).expand(self.latent_shape).to_event(len(self.latent_shape))
 
     def pyro_sample(self) -> Tensor:
@@ -145,3 +149,10 @@ class EnergyPrior(Prior):
 
     def _settings(self) -> dict[str, object]:
         return {"weight": self.weight}
+
+
+def _first_floating(module: nn.Module) -> Tensor:
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.is_floating_point():
+            return t
+    return torch.zeros(())
