@@ -77,7 +77,7 @@ class GaussianPrior(LatentPrior):
     # -- alternative constructor ------------------------------------------------------------
     @classmethod
     def stationary(cls, image_shape: Shape, *, std: float = 0.25, length_scale: float = 2.0,
-                   mean: float | Tensor = 0.5, nugget: float = 1e-4) -> "GaussianPrior":
+                   mean: float | Tensor = 0.5, nugget: float = 1e-4) -> GaussianPrior:
         r"""A stationary prior with a periodic squared-exponential covariance, applied by FFT.
 
         The covariance is circulant, :math:`\Sigma = F^* \operatorname{diag}(s) F`, where
