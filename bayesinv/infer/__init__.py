@@ -1,8 +1,10 @@
 """Inference: MAP, variational and MCMC, all returning a :class:`Posterior`."""
 
 from .exact import exact_gaussian_posterior, gaussian_posterior_mean, gaussian_posterior_moments
+from .kernels import MALA, ULA
 from .map import map_estimate
+from .mcmc import sample_posterior
 from .posterior import Posterior
 
-__all__ = ["Posterior", "map_estimate", "exact_gaussian_posterior", "gaussian_posterior_mean",
+__all__ = ["Posterior", "map_estimate", "sample_posterior", "MALA", "ULA", "exact_gaussian_posterior", "gaussian_posterior_mean",
            "gaussian_posterior_moments"]

@@ -138,7 +138,7 @@ class Posterior:
         save_posterior(self, path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Posterior":
+    def load(cls, path: str | os.PathLike) -> Posterior:
         """Read a posterior written by :meth:`save`."""
         from ..diagnostics.arviz_io import load_posterior
 
