@@ -6,8 +6,14 @@ diagnostics layer (ArviZ).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import operators, priors
-from .infer import Posterior, exact_gaussian_posterior, gaussian_posterior_mean, map_estimate
+from . import data, metrics, operators, priors
+from .infer import (
+    Posterior,
+    exact_gaussian_posterior,
+    gaussian_posterior_mean,
+    map_estimate,
+    sample_posterior,
+)
 from .problem import GaussianNoise, InverseProblem
 
 try:
@@ -20,8 +26,11 @@ __all__ = [
     "GaussianNoise",
     "Posterior",
     "map_estimate",
+    "sample_posterior",
     "operators",
     "priors",
+    "data",
+    "metrics",
     "exact_gaussian_posterior",
     "gaussian_posterior_mean",
     "__version__",
