@@ -89,7 +89,9 @@ def map_estimate(
         Number of starts; the first starts at ``init``, the others at
         :math:`\mathcal N(0, 0.1^2 I)` perturbations of it (seeded); the lowest objective wins.
     init
-        ``"auto"`` (zeros for latent MAP, the operator's ``init_estimate(y)`` for image MAP),
+        ``"auto"`` (zeros for latent MAP — a seeded standard-normal draw when ``gaussianize`` is
+        given, since the layer is undefined at a constant latent — and the operator's
+        ``init_estimate(y)`` for image MAP),
         ``"zeros"``, ``"pinv"`` (image MAP; for latent MAP the latent encoding of
         ``init_estimate(y)``), or a tensor in the optimised space.
     clamp
@@ -136,7 +138,7 @@ def map_estimate(
     gen = make_generator(seed, device="cpu")
     if seed is not None:
         torch.manual_seed(seed)  # stochastic energies (random patches) draw from the global stream
-    start = _initial_value(problem, y, method, init)
+    start = _initial_value(problem, y, method, init, gaussianize=gaussianize, generator=gen)
     objective = _objective(problem, y, method, gamma, gaussianize)
     t0 = time.perf_counter()
     best: tuple[float, Tensor, list[float]] | None = None
@@ -194,7 +196,9 @@ def _objective(problem: InverseProblem, y: Tensor, method: str, gamma: float,
     return latent_objective
 
 
-def _initial_value(problem: InverseProblem, y: Tensor, method: str, init: str | Tensor) -> Tensor:
+def _initial_value(problem: InverseProblem, y: Tensor, method: str, init: str | Tensor, *,
+                   gaussianize: nn.Module | None = None,
+                   generator: torch.Generator | None = None) -> Tensor:
     if isinstance(init, Tensor):
         shape = problem.prior.latent_shape if method == "latent" else problem.image_shape
         v = init.detach().to(device=y.device, dtype=y.dtype)
@@ -208,6 +212,11 @@ def _initial_value(problem: InverseProblem, y: Tensor, method: str, init: str | 
         return v.clone()
     check_choice(init, "init", ("auto", "zeros", "pinv"))
     if method == "latent":
+        if init == "auto" and gaussianize is not None and getattr(gaussianize, "enabled", True):
+            # g standardises groups of the latent, so it is undefined at a constant latent;
+            # start, as Li et al. (2023) do, from a draw of the latent prior (seeded).
+            z0 = torch.randn((1, *problem.prior.latent_shape), generator=generator)
+            return z0.to(device=y.device, dtype=y.dtype)
         if init in ("auto", "zeros"):
             return y.new_zeros((1, *problem.prior.latent_shape))
         with torch.no_grad():
