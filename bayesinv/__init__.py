@@ -6,7 +6,8 @@ diagnostics layer (ArviZ).
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, metrics, operators, priors
+from . import data, diagnostics, metrics, operators, priors
+from .diagnostics.report import uq_report
 from .infer import (
     Posterior,
     exact_gaussian_posterior,
@@ -30,6 +31,8 @@ __all__ = [
     "operators",
     "priors",
     "data",
+    "diagnostics",
+    "uq_report",
     "metrics",
     "exact_gaussian_posterior",
     "gaussian_posterior_mean",

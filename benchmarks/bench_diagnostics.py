@@ -1,0 +1,121 @@
+"""Benchmark: vectorised pixelwise R-hat + bulk ESS + tail ESS vs looping ArviZ over pixels.
+
+Draws are AR(1) chains (phi = 0.5, a typical MCMC autocorrelation) of shape
+(4 chains, 1000 draws, 1, size, size). Ours: :func:`bayesinv.diagnostics.maps.convergence_maps`
+on every pixel. ArviZ: ``arviz.rhat(method="rank")``, ``arviz.ess(method="bulk")`` and
+``arviz.ess(method="tail")`` called per pixel on a random subset of pixels; its full-image time
+is extrapolated linearly from the subset (ArviZ's per-pixel cost does not depend on the image
+size), and the agreement between the two is reported on that subset.
+
+Times are reported as wall clock and as CPU time of this process (``time.process_time``);
+on a shared machine the CPU time is the fair comparison.
+
+Usage::
+
+    python benchmarks/bench_diagnostics.py [--size 64] [--quick] [--subset 200] [--threads 1]
+
+Writes (updates) ``benchmarks/results/diagnostics.json``, one entry per image size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=64, help="image side (pixels)")
+    ap.add_argument("--chains", type=int, default=4)
+    ap.add_argument("--draws", type=int, default=1000)
+    ap.add_argument("--subset", type=int, default=200, help="pixels timed with ArviZ")
+    ap.add_argument("--quick", action="store_true", help="32×32 image, 50 ArviZ pixels")
+    ap.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP threads (set before import)")
+    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "diagnostics.json"))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.size, args.subset = min(args.size, 32), min(args.subset, 50)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+
+    import numpy as np
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bayesinv.diagnostics import arviz_io, maps
+
+    rng = np.random.default_rng(0)
+    npix = args.size * args.size
+    e = rng.standard_normal((args.chains, args.draws, npix))
+    x = np.empty_like(e)
+    x[:, 0] = e[:, 0] / np.sqrt(1 - 0.25)
+    for t in range(1, args.draws):
+        x[:, t] = 0.5 * x[:, t - 1] + e[:, t]
+    cube = x.reshape(args.chains, args.draws, 1, args.size, args.size)
+
+    maps.convergence_maps(cube[..., :2, :2])  # warm-up (imports, FFT plans)
+    t0, c0 = time.perf_counter(), time.process_time()
+    ours = maps.convergence_maps(cube)
+    t_ours, c_ours = time.perf_counter() - t0, time.process_time() - c0
+
+    subset = rng.choice(npix, size=min(args.subset, npix), replace=False)
+    arviz_io.arviz_rhat(x[:, :, 0])  # warm-up
+    ref = {"rhat": [], "ess_bulk": [], "ess_tail": []}
+    t0, c0 = time.perf_counter(), time.process_time()
+    for i in subset:
+        ref["rhat"].append(arviz_io.arviz_rhat(x[:, :, i]))
+        ref["ess_bulk"].append(arviz_io.arviz_ess(x[:, :, i], "bulk"))
+        ref["ess_tail"].append(arviz_io.arviz_ess(x[:, :, i], "tail"))
+    t_sub, c_sub = time.perf_counter() - t0, time.process_time() - c0
+    t_arviz = t_sub / len(subset) * npix
+    c_arviz = c_sub / len(subset) * npix
+
+    err = {}
+    for k, v in ref.items():
+        got = ours[k].ravel()[subset]
+        v = np.asarray(v)
+        err[k] = float(np.max(np.abs(got - v) / np.abs(v)))
+    result = {
+        "image": [1, args.size, args.size], "chains": args.chains, "draws": args.draws,
+        "pixels": npix, "threads": args.threads,
+        "ours_wall_s": t_ours, "ours_cpu_s": c_ours,
+        "arviz_subset_pixels": int(len(subset)), "arviz_subset_wall_s": t_sub,
+        "arviz_subset_cpu_s": c_sub, "arviz_extrapolated_wall_s": t_arviz,
+        "arviz_extrapolated_cpu_s": c_arviz,
+        "speedup_wall": t_arviz / t_ours, "speedup_cpu": c_arviz / c_ours,
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "max_rel_error_vs_arviz": err, "fraction_rhat_gt_1.01": float(np.mean(ours["rhat"] > 1.01)),
+        "median_ess_bulk": float(np.median(ours["ess_bulk"])),
+        "note": ("ArviZ time extrapolated linearly from the subset of pixels; CPU time "
+                 "(process_time, single thread) is robust to other load on the machine"),
+        "python": platform.python_version(), "machine": platform.machine(),
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = {}
+    if out.exists():  # keep the runs of other sizes
+        try:
+            runs = json.loads(out.read_text()).get("runs", {})
+        except (json.JSONDecodeError, AttributeError):
+            runs = {}
+    runs[f"{args.size}x{args.size}"] = result
+    out.write_text(json.dumps({"benchmark": "pixelwise R-hat + bulk ESS + tail ESS", "runs": runs},
+                              indent=2) + "\n")
+    print(f"{args.size}x{args.size} px, {args.chains}x{args.draws} draws, {args.threads} thread(s)")
+    print(f"  ours (all {npix} px):   wall {t_ours:8.2f} s   cpu {c_ours:8.2f} s")
+    print(f"  ArviZ loop ({len(subset)} px):  wall {t_sub:8.2f} s   cpu {c_sub:8.2f} s")
+    print(f"  ArviZ, all pixels (extrapolated linearly): wall {t_arviz:8.2f} s   cpu {c_arviz:8.2f} s")
+    print(f"  speed-up: wall {t_arviz / t_ours:6.1f}x   cpu {c_arviz / c_ours:6.1f}x   "
+          f"(load average {result['load_average_1min']})")
+    print(f"  max relative error vs ArviZ:   {err}")
+    print(f"  wrote {out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
