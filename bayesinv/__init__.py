@@ -11,6 +11,7 @@ from .diagnostics.report import uq_report
 from .infer import (
     Posterior,
     exact_gaussian_posterior,
+    fit_variational,
     gaussian_posterior_mean,
     map_estimate,
     sample_posterior,
@@ -28,6 +29,7 @@ __all__ = [
     "Posterior",
     "map_estimate",
     "sample_posterior",
+    "fit_variational",
     "operators",
     "priors",
     "data",

@@ -5,6 +5,8 @@ from .kernels import MALA, ULA
 from .map import map_estimate
 from .mcmc import sample_posterior
 from .posterior import Posterior
+from .variational import ConditionalAffineFlow, VariationalPosterior, fit_variational
 
-__all__ = ["Posterior", "map_estimate", "sample_posterior", "MALA", "ULA", "exact_gaussian_posterior", "gaussian_posterior_mean",
+__all__ = ["Posterior", "map_estimate", "sample_posterior", "MALA", "ULA", "fit_variational",
+           "VariationalPosterior", "ConditionalAffineFlow", "exact_gaussian_posterior", "gaussian_posterior_mean",
            "gaussian_posterior_moments"]
