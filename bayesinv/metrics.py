@@ -48,7 +48,7 @@ def ssim(estimate: object, truth: object, data_range: float = 1.0) -> float:
     e = est.reshape(-1, *est.shape[-2:]).numpy()
     r = ref.reshape(-1, *ref.shape[-2:]).numpy()
     vals = [structural_similarity(a, b, data_range=data_range, gaussian_weights=True, sigma=1.5,
-                                  use_sample_covariance=False) for a, b in zip(e, r)]
+                                  use_sample_covariance=False) for a, b in zip(e, r, strict=True)]
     return float(np.mean(vals))
 
 

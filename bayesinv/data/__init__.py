@@ -1,5 +1,7 @@
 """Embedded data: scikit-image sample images, procedural phantoms, and shipped flow weights."""
 
 from .images import IMAGE_NAMES, TEXTURE_NAMES, ellipse_phantoms, image_crops, load_image
+from .pretrained import available, load_flow_weights, load_prior, training_log
 
-__all__ = ["IMAGE_NAMES", "TEXTURE_NAMES", "load_image", "ellipse_phantoms", "image_crops"]
+__all__ = ["IMAGE_NAMES", "TEXTURE_NAMES", "load_image", "ellipse_phantoms", "image_crops",
+           "available", "load_flow_weights", "load_prior", "training_log"]

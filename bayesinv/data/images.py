@@ -151,5 +151,5 @@ def image_crops(name: str, n: int, size: int = 32, *, scale: float = 1.0, seed: 
     gen = torch.Generator().manual_seed(check_int(seed, "seed", minimum=0))
     tops = torch.randint(0, h - size + 1, (n,), generator=gen)
     lefts = torch.randint(0, w - size + 1, (n,), generator=gen)
-    crops = torch.stack([full[:, t: t + size, l: l + size] for t, l in zip(tops, lefts)])
+    crops = torch.stack([full[:, t: t + size, l: l + size] for t, l in zip(tops, lefts, strict=True)])
     return crops.to(dtype or torch.get_default_dtype())

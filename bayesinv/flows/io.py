@@ -55,6 +55,9 @@ def _atomic_write(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; shipped files must be readable
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
