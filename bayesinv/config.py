@@ -164,10 +164,11 @@ def run_config(cfg: dict[str, Any], *, device: str | None = None, out: str | Pat
         from .infer.mcmc import sample_posterior as fn
     else:
         from .infer.variational import fit_variational as fn
+    n_draws = method_cfg.pop("num_samples", 100) if name == "vi" else None
     kwargs = {"seed": seed, "truth": truth[0], **method_cfg}
     posterior = _call(fn, kwargs, "method", problem, y)
-    if not hasattr(posterior, "samples") and hasattr(posterior, "posterior"):
-        posterior = posterior.posterior(y, truth=truth[0])  # a fitted variational guide
+    if name == "vi":  # a fitted variational posterior: draw from it
+        posterior = posterior.posterior(y, n=int(n_draws), truth=truth[0])
     posterior.save(out / "posterior.nc")
     from .diagnostics.report import uq_report
 

@@ -64,3 +64,21 @@ def test_missing_files_are_clear(tmp_path):
     bad.write_text("not netcdf")
     res = runner.invoke(app, ["report", str(bad)])
     assert res.exit_code == 2 and "x.nc" in res.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, floor", [("deblur_mcmc.toml", 18.0), ("deblur_vi.toml", 18.0)])
+def test_run_files_for_mcmc_and_vi(tmp_path, name, floor):
+    """`bayesinv run` with method = "mcmc" / "vi" writes a posterior and a report."""
+    from pathlib import Path
+
+    from bayesinv.infer.posterior import Posterior
+
+    cfg = Path(__file__).resolve().parents[1] / "examples" / name
+    res = runner.invoke(app, ["run", str(cfg), "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    psnr = float(res.stdout.split("PSNR")[1].split("dB")[0])
+    assert psnr > floor
+    post = Posterior.load(tmp_path / "posterior.nc")
+    assert post.num_draws >= 64 and float(post.std.mean()) > 0
+    assert (tmp_path / "report.html").stat().st_size > 10_000
