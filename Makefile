@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 OUT ?= demo_out
 
-.PHONY: install demo test test-slow lint clean
+.PHONY: install install-bench install-docs demo test test-slow bench bench-quick docs lint clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,19 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# Benchmark peers (normflows, FrEIA, scikit-fmm) beside the same CPU torch: never a CUDA build.
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[bench]"
+	touch $@
+
+install-bench: $(VENV)/.bench
+
+$(VENV)/.docs: $(VENV)/.installed
+	$(PY) -m pip install -q "$(TORCH_SPEC)" -e ".[docs]"
+	touch $@
+
+install-docs: $(VENV)/.docs
+
 demo: install
 	$(VENV)/bin/bayesinv demo --out $(OUT)
 
@@ -28,6 +41,17 @@ test: install
 
 test-slow: install
 	$(PY) -m pytest -m slow
+
+# All benchmarks (tens of minutes on 2 cores); results in benchmarks/results/.
+bench: install-bench
+	$(PY) -m benchmarks.run
+
+# The bounded quick mode CI runs: fails if a quality number drops below benchmarks/floors.json.
+bench-quick: install-bench
+	$(PY) -m benchmarks.run --quick --check-floors
+
+docs: install-docs
+	$(VENV)/bin/mkdocs build --strict -d site
 
 lint: install
 	$(VENV)/bin/ruff check bayesinv tests

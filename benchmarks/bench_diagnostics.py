@@ -28,7 +28,10 @@ import time
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, quick: bool = False) -> dict:
+    """Run the benchmark; ``quick=True`` is the same as passing ``--quick``."""
+    if quick:
+        argv = [*(argv or []), "--quick"]
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=64, help="image side (pixels)")
     ap.add_argument("--chains", type=int, default=4)
