@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 
 def progress_bar(total: int, desc: str, enabled: bool | None = None) -> tqdm:
