@@ -1,0 +1,453 @@
+r"""Benchmark: latent MAP with the shipped Glow prior, with and without the Gaussianization layer.
+
+Issue criterion "MAP estimation". Held-out ``32×32`` ellipse phantoms (test seeds ``10_000``,
+validation seeds ``20_000``; the prior ``glow_phantom32`` was trained on seeds < 5 256) and the
+shipped Glow (3 levels × 3 steps, hidden 48, flat latent of ``D = 1024``).
+
+Tasks (noise :math:`\sigma = 0.01`, seeded per task):
+
+* ``mri4x`` — CS-MRI, :class:`~bayesinv.operators.MRI`, 4× acceleration, random mask (8% fully
+  sampled centre); baseline :math:`A^\dagger y` = zero-filled;
+* ``deblur`` — Gaussian blur of std 1.5 px (:class:`~bayesinv.operators.Blur`); baseline: ``y``;
+* ``cs_m128`` / ``cs_m256`` — compressed sensing with ``m = D/8`` and ``D/4`` dense Gaussian
+  measurements (:class:`~bayesinv.operators.CompressedSensing`, ``kind="gaussian"``);
+  baselines: least squares :math:`A^\dagger y` (min-norm pseudo-inverse), TV, Lasso-DCT
+  (Asim et al.'s baseline).
+
+Methods:
+
+* **plain latent MAP** (Bora et al. 2017; Asim et al. 2020):
+  :math:`\min_w \tfrac{1}{2\sigma^2}\|A(G(w)) - y\|^2 + \gamma\|w\|^2`, :math:`\gamma = 1/2`,
+  started at :math:`w_0 = 0`;
+* **Gaussianized latent MAP** (Li et al. 2023): the same objective at :math:`w = g(z)`, with
+  :class:`~bayesinv.gaussianize.GaussianizationLayer` on the flat latent cut into consecutive
+  groups of ``d`` entries (the setting chosen on a *validation* image among
+  ``GAUSS_SETTINGS``), started at a seeded :math:`\mathcal N(0, I)` draw;
+* Tikhonov (:math:`L = \nabla`) and TV (PDHG) with the weight chosen on validation images by
+  :func:`bayesinv.baselines.select_weight`, and Lasso-DCT for compressed sensing.
+
+Both MAP variants use the settings of :func:`bayesinv.infer.map.map_estimate`'s L-BFGS
+(``torch.optim.LBFGS``, strong-Wolfe line search, history 20, lr 1), run for ``iters`` L-BFGS
+iterations in total (Li et al.: at most 510; function evaluations capped at 1.25×) with
+``restarts`` starts (first at the default start, the others at seeded :math:`\mathcal N(0,
+0.1^2)` perturbations of it, as ``map_estimate`` does), the lowest objective per image wins.
+The test images of a task are optimised **as one batch**: the objective is the sum of the
+per-image objectives, which are independent, so its minimiser is the set of per-image
+minimisers (one L-BFGS on the sum shares the line search and curvature pairs between images —
+an optimiser detail, not a change of the estimator). This is ~8× cheaper than one run per image
+because the Gaussianization layer's cost is dominated by per-call overhead, not batch size.
+:func:`cross_check` compares it with ``map_estimate`` on one image.
+
+Estimates are clipped to ``[0, 1]`` before PSNR/SSIM (:mod:`bayesinv.metrics`, data range 1).
+
+Usage::
+
+    python benchmarks/bench_latent_map.py [--quick]
+
+Writes ``benchmarks/results/latent_map.json`` and ``benchmarks/results/latent_map.md`` (quick mode:
+``latent_map.quick.json`` / ``latent_map.quick.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TEST_SEED, VALIDATION_SEED = 10_000, 20_000
+SIGMA = 0.01
+GAMMA = 0.5
+#: Gaussianization-layer settings tried on the validation image: label -> layer kwargs. Groups of
+#: d consecutive latent entries need N = 1024/d >= max(8, 2d) samples: d <= 22. With d = 1 the
+#: ICA stage is the identity (one feature); "noica" switches ICA off for d = 16 (per-feature
+#: Yeo-Johnson + Lambert W only), because ICA of a near-Gaussian latent is ill-posed (every
+#: rotation is as good) and its unrolled iterations have a huge Jacobian.
+GAUSS_SETTINGS: dict[str, dict[str, Any]] = {
+    "d1": {"group_size": 1}, "d4": {"group_size": 4}, "d16": {"group_size": 16},
+    "d16_noica": {"group_size": 16, "ica": False}}
+PRIOR = "glow_phantom32"
+
+#: Settings per mode. ``iters``: total L-BFGS iterations per restart.
+FULL = {"n_test": 8, "n_val": 4, "iters_plain": 250, "iters_gauss": 100, "restarts_plain": 2,
+        "restarts_gauss": 1, "iters_tune": 40, "tune": True, "cs": True, "tv_iter": 500,
+        "iters_check": 100}
+QUICK = {"n_test": 2, "n_val": 2, "iters_plain": 40, "iters_gauss": 8, "restarts_plain": 1,
+         "restarts_gauss": 1, "iters_tune": 0, "tune": False, "cs": True, "tv_iter": 100,
+         "iters_check": 0}
+
+#: Seed papers' reported numbers (DESIGN.md §4) and how their setting differs from ours.
+LITERATURE = {
+    "cs": {
+        "source": "Asim et al. 2020 (ICML), CS on CelebA 64x64x3 (D = 12288) with Glow",
+        "rows": [
+            {"m": 5000, "m_over_D": 5000 / 12288, "glow_map_psnr": 37.0, "lasso_dct_psnr": 26.4,
+             "dcgan_psnr": 22.1},
+            {"m": 1000, "m_over_D": 1000 / 12288, "glow_map_psnr": 30.1, "lasso_dct_psnr": 17.8,
+             "dcgan_psnr": 21.6},
+        ],
+        "differs": "natural faces 64x64 RGB, a large Glow trained on CelebA, gamma tuned; ours: "
+                   "32x32 ellipse phantoms, a 78k-parameter Glow, gamma = 1/2, sigma = 0.01",
+    },
+    "gaussianization": {
+        "source": "Li et al. 2023 (ICLR), CS-MRI / deblurring / eikonal with StyleGAN2 and Glow",
+        "rows": [],
+        "note": "DESIGN.md §4 records only that Gaussianized MAP improves PSNR/SSIM over plain "
+                "latent MAP; it quotes no numbers",
+        "differs": "large latents (StyleGAN2 / Glow at 64x64+), ICA on 8x8 patches of an "
+                   "image-shaped latent; ours: flat 1024-d latent in consecutive groups",
+    },
+}
+
+
+# -- data ----------------------------------------------------------------------------------------
+@dataclass
+class Task:
+    name: str
+    operator: Any
+    x_test: Tensor
+    y_test: Tensor
+    x_val: Tensor
+    y_val: Tensor
+    description: str
+
+
+def build_tasks(n_test: int, n_val: int, cs: bool) -> list[Task]:
+    """The benchmark's tasks on held-out phantoms (noise seeded per task)."""
+    from bayesinv.data.images import ellipse_phantoms
+    from bayesinv.operators import MRI, Blur, CompressedSensing
+
+    shape = (1, 32, 32)
+    x_test = ellipse_phantoms(n_test, 32, seed=TEST_SEED)
+    x_val = ellipse_phantoms(n_val, 32, seed=VALIDATION_SEED)
+    ops = [("mri4x", MRI(shape, acceleration=4.0, mask="random", seed=0),
+            "CS-MRI, 4x random mask (8% centre), sigma 0.01"),
+           ("deblur", Blur(shape, "gaussian", width=1.5), "Gaussian blur std 1.5 px, sigma 0.01")]
+    if cs:
+        ops += [("cs_m128", CompressedSensing(shape, 128, kind="gaussian", seed=0),
+                 "CS, m = D/8 = 128 Gaussian measurements, sigma 0.01"),
+                ("cs_m256", CompressedSensing(shape, 256, kind="gaussian", seed=0),
+                 "CS, m = D/4 = 256 Gaussian measurements, sigma 0.01")]
+    tasks = []
+    for i, (name, op, desc) in enumerate(ops):
+        g = torch.Generator().manual_seed(1000 + i)
+        with torch.no_grad():
+            y_t = op(x_test)
+            y_t = y_t + SIGMA * torch.randn(y_t.shape, generator=g)
+            y_v = op(x_val)
+            y_v = y_v + SIGMA * torch.randn(y_v.shape, generator=g)
+        tasks.append(Task(name, op, x_test, y_t, x_val, y_v, desc))
+    return tasks
+
+
+# -- batched latent MAP ----------------------------------------------------------------------------
+def batched_latent_map(problem, y: Tensor, *, gaussianize=None, iters: int = 500, restarts: int = 1,
+                       seed: int = 0, gamma: float = GAMMA) -> tuple[Tensor, dict[str, Any]]:
+    r"""Latent MAP for a batch of measurements ``y (B, *out_shape)`` (see module docstring).
+
+    Minimises :math:`\sum_b \tfrac{1}{2\sigma^2}\|A(G(w_b)) - y_b\|^2 + \gamma\|w_b\|^2`,
+    :math:`w = g(z)` with ``gaussianize`` (else :math:`w = z`), by one L-BFGS run of ``iters``
+    iterations per restart. Returns the images ``(B, C, H, W)`` (best restart per image) and
+    per-image objectives, evaluation counts and timings.
+    """
+    b = y.shape[0]
+    d = problem.prior.latent_shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    if gaussianize is None:
+        start = y.new_zeros((b, d))
+    else:
+        start = torch.randn((b, d), generator=gen).to(y)
+
+    def per_image(v: Tensor) -> Tensor:
+        w = gaussianize(v) if gaussianize is not None else v
+        x = problem.prior.generate(w)
+        return problem.negative_log_likelihood(x, y) + gamma * w.pow(2).flatten(1).sum(1)
+
+    best_obj = torch.full((b,), math.inf)
+    best_v = start.clone()
+    evals: list[int] = []
+    t0 = time.perf_counter()
+    for r in range(restarts):
+        v0 = start if r == 0 else start + 0.1 * torch.randn(start.shape, generator=gen).to(start)
+        v = v0.detach().clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([v], lr=1.0, max_iter=iters, history_size=20,
+                                line_search_fn="strong_wolfe", tolerance_grad=1e-10,
+                                tolerance_change=1e-14)
+        count = [0]
+
+        def closure() -> Tensor:
+            opt.zero_grad()  # noqa: B023 - called within this iteration
+            loss = per_image(v).sum()  # noqa: B023
+            loss.backward()
+            count[0] += 1  # noqa: B023
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            obj = per_image(v).detach()
+        obj = torch.where(torch.isfinite(obj), obj, torch.full_like(obj, math.inf))
+        better = obj < best_obj
+        best_obj = torch.where(better, obj, best_obj)
+        best_v[better] = v.detach()[better]
+        evals.append(count[0])
+    with torch.no_grad():
+        w = gaussianize(best_v) if gaussianize is not None else best_v
+        x = problem.prior.generate(w)
+    info = {"objective": best_obj.tolist(), "evaluations_per_restart": evals,
+            "wall_s": time.perf_counter() - t0, "iters": iters, "restarts": restarts,
+            "latent_norm_over_sqrt_D": (w.flatten(1).norm(dim=1) / math.sqrt(d)).tolist()}
+    return x, info
+
+
+def cross_check(prior, task: Task, iters: int) -> dict[str, float]:
+    """PSNR of ``map_estimate`` (one image) vs the batched driver on the same image (plain MAP)."""
+    from bayesinv.infer.map import map_estimate
+    from bayesinv.metrics import psnr
+    from bayesinv.problem import GaussianNoise, InverseProblem
+
+    problem = InverseProblem(task.operator, prior, GaussianNoise(SIGMA))
+    t0 = time.perf_counter()
+    post = map_estimate(problem, task.y_test[:1], method="latent", optimizer="lbfgs",
+                        steps=max(1, iters // 20), restarts=1, seed=0, progress=False)
+    t_ref = time.perf_counter() - t0
+    x_b, info = batched_latent_map(problem, task.y_test[:1], iters=iters)
+    return {"map_estimate_psnr": psnr(post.mean.clamp(0, 1), task.x_test[0]),
+            "batched_psnr": psnr(x_b[0].clamp(0, 1), task.x_test[0]),
+            "map_estimate_s": t_ref, "batched_s": info["wall_s"]}
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+def scores(x_hat: Tensor, truth: Tensor) -> dict[str, Any]:
+    from bayesinv.metrics import psnr, ssim
+
+    x_hat = x_hat.detach().clamp(0.0, 1.0)
+    p = [psnr(e, t) for e, t in zip(x_hat, truth, strict=True)]
+    s = [ssim(e, t) for e, t in zip(x_hat, truth, strict=True)]
+    return {"psnr": p, "ssim": s, "psnr_mean": float(np.mean(p)), "psnr_std": float(np.std(p)),
+            "ssim_mean": float(np.mean(s)), "ssim_std": float(np.std(s))}
+
+
+def baselines(task: Task, tv_iter: int) -> dict[str, dict[str, Any]]:
+    """A†y / y, Tikhonov (gradient), TV and (CS) Lasso-DCT, weights chosen on validation."""
+    from bayesinv import baselines as bl
+
+    op = task.operator
+    out: dict[str, dict[str, Any]] = {}
+    with torch.no_grad():
+        if task.name.startswith("cs"):
+            out["pinv"] = {**scores(op.pinv(task.y_test), task.x_test), "label": "least squares A^+ y"}
+        else:
+            label = "zero-filled A^* y" if task.name == "mri4x" else "blurred input y"
+            out["init"] = {**scores(op.init_estimate(task.y_test), task.x_test), "label": label}
+    grid = [10.0 ** k for k in np.arange(-4.0, 1.01, 0.5)]
+    specs: list[tuple[str, Callable[..., Tensor], dict[str, Any]]] = [
+        ("tikhonov", bl.tikhonov, {"kind": "gradient"}),
+        ("tv", bl.total_variation, {"max_iter": tv_iter})]
+    if task.name.startswith("cs"):
+        specs.append(("lasso_dct", bl.lasso_dct, {"max_iter": tv_iter}))
+    for name, fn, kw in specs:
+        t0 = time.perf_counter()
+        sel = bl.select_weight(fn, op, task.y_val, task.x_val, grid, **kw)
+        with torch.no_grad():
+            x = fn(op, task.y_test, sel.weight, **kw)
+        out[name] = {**scores(x, task.x_test), "weight": sel.weight, "val_psnr": sel.psnr,
+                     "wall_s": time.perf_counter() - t0}
+    return out
+
+
+def tune_group_size(prior, task: Task, iters: int) -> dict[str, Any]:
+    """Validation PSNR of Gaussianized MAP for each of :data:`GAUSS_SETTINGS` (1 val image),
+    plus the gradient amplification of the layer at the start, ``‖J_gᵀ r‖ / ‖r‖``."""
+    from bayesinv.gaussianize.layer import GaussianizationLayer
+    from bayesinv.metrics import psnr
+    from bayesinv.problem import GaussianNoise, InverseProblem
+
+    problem = InverseProblem(task.operator, prior, GaussianNoise(SIGMA))
+    res = {}
+    gen = torch.Generator().manual_seed(1)
+    v0, r = torch.randn((2, 1, prior.latent_shape[0]), generator=gen)
+    for label, kw in GAUSS_SETTINGS.items():
+        g = GaussianizationLayer(prior.latent_shape, **kw)
+        try:
+            v = v0.clone().requires_grad_(True)
+            (g(v) * r).sum().backward()
+            amp = float(v.grad.norm() / r.norm())
+            x, info = batched_latent_map(problem, task.y_val[:1], gaussianize=g, iters=iters)
+            res[label] = {"val_psnr": psnr(x[0].clamp(0, 1), task.x_val[0]), "wall_s": info["wall_s"],
+                          "evaluations": info["evaluations_per_restart"][0], "layer_kwargs": kw,
+                          "gradient_amplification": amp}
+        except (ValueError, FloatingPointError, RuntimeError) as err:  # a stalled/failed fit
+            res[label] = {"val_psnr": float("nan"), "error": str(err)[:200], "layer_kwargs": kw}
+    x_plain, _ = batched_latent_map(problem, task.y_val[:1], iters=iters)
+    res["plain"] = {"val_psnr": psnr(x_plain[0].clamp(0, 1), task.x_val[0])}
+    return res
+
+
+def run_task(prior, task: Task, cfg: dict[str, Any], setting: str, gauss: bool) -> dict[str, Any]:
+    from bayesinv.gaussianize.layer import GaussianizationLayer
+    from bayesinv.problem import GaussianNoise, InverseProblem
+
+    problem = InverseProblem(task.operator, prior, GaussianNoise(SIGMA))
+    out: dict[str, Any] = {"description": task.description, "n_test": len(task.x_test),
+                           "methods": baselines(task, cfg["tv_iter"])}
+    x, info = batched_latent_map(problem, task.y_test, iters=cfg["iters_plain"],
+                                 restarts=cfg["restarts_plain"], seed=0)
+    out["methods"]["latent_map"] = {**scores(x, task.x_test), **info}
+    print(f"  {task.name}: plain latent MAP {out['methods']['latent_map']['psnr_mean']:.2f} dB "
+          f"({info['wall_s']:.0f} s)", flush=True)
+    if gauss:
+        # the same iteration budget as the Gaussianized run, so the comparison is like for like
+        if cfg["iters_gauss"] != cfg["iters_plain"] or cfg["restarts_gauss"] != cfg["restarts_plain"]:
+            x, info = batched_latent_map(problem, task.y_test, iters=cfg["iters_gauss"],
+                                         restarts=cfg["restarts_gauss"], seed=0)
+            out["methods"]["latent_map_same_budget"] = {**scores(x, task.x_test), **info}
+        g = GaussianizationLayer(prior.latent_shape, **GAUSS_SETTINGS[setting])
+        x, info = batched_latent_map(problem, task.y_test, gaussianize=g, iters=cfg["iters_gauss"],
+                                     restarts=cfg["restarts_gauss"], seed=0)
+        out["methods"]["latent_map_gaussianized"] = {**scores(x, task.x_test), **info,
+                                                     "setting": setting,
+                                                     "layer_kwargs": GAUSS_SETTINGS[setting]}
+        print(f"  {task.name}: Gaussianized latent MAP "
+              f"{out['methods']['latent_map_gaussianized']['psnr_mean']:.2f} dB ({info['wall_s']:.0f} s)",
+              flush=True)
+    return out
+
+
+# -- report ----------------------------------------------------------------------------------------
+_LABELS = {"init": "A†y / y", "pinv": "least squares A†y", "tikhonov": "Tikhonov (∇)", "tv": "TV",
+           "lasso_dct": "Lasso-DCT", "latent_map": "latent MAP (plain)",
+           "latent_map_same_budget": "latent MAP (plain, Gaussianized budget)",
+           "latent_map_gaussianized": "latent MAP + Gaussianization"}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = ["# Latent MAP with the shipped Glow prior (`glow_phantom32`)", "",
+             f"Held-out 32×32 ellipse phantoms (seeds ≥ {TEST_SEED}), {cfg['n_test']} test images, "
+             f"σ = {SIGMA}; mean ± std over images; estimates clipped to [0, 1]. "
+             f"Plain MAP: L-BFGS {cfg['iters_plain']} iterations × {cfg['restarts_plain']} restart(s); "
+             f"Gaussianized MAP: {cfg['iters_gauss']} iterations × {cfg['restarts_gauss']} restart(s), "
+             f"layer setting {result['gaussianization_setting']} = "
+             f"{GAUSS_SETTINGS[result['gaussianization_setting']]} (chosen on a validation image). "
+             f"Baseline weights chosen on {cfg['n_val']} validation images (seeds ≥ {VALIDATION_SEED}).",
+             "", "| task | method | PSNR (dB) | SSIM |", "|---|---|---|---|"]
+    for tname, t in result["tasks"].items():
+        for m, r in t["methods"].items():
+            lines.append(f"| {tname} | {_LABELS.get(m, m)} | {r['psnr_mean']:.2f} ± {r['psnr_std']:.2f} "
+                         f"| {r['ssim_mean']:.3f} ± {r['ssim_std']:.3f} |")
+    if result.get("tuning"):
+        lines += ["", f"## Gaussianization-layer setting (one validation image, MRI 4×, "
+                      f"{cfg['iters_tune']} L-BFGS iterations)", "",
+                  "| setting | layer kwargs | validation PSNR (dB) | L-BFGS evaluations | "
+                  "gradient amplification ‖J_gᵀr‖/‖r‖ |", "|---|---|---|---|---|"]
+        for k, v in result["tuning"].items():
+            lines.append(f"| {k} | {v.get('layer_kwargs', '–')} | {v['val_psnr']:.2f} | "
+                         f"{v.get('evaluations', '–')} | {v.get('gradient_amplification', float('nan')):.3g} |")
+    lit = LITERATURE
+    lines += ["", "## Seed papers (DESIGN.md §4) beside ours", "",
+              f"**{lit['cs']['source']}**", "", "| m / D | Glow MAP | Lasso-DCT | DCGAN |", "|---|---|---|---|"]
+    for r in lit["cs"]["rows"]:
+        lines.append(f"| {r['m_over_D']:.3f} (m = {r['m']}) | {r['glow_map_psnr']} | {r['lasso_dct_psnr']} "
+                     f"| {r['dcgan_psnr']} |")
+    for tname in ("cs_m128", "cs_m256"):
+        if tname in result["tasks"]:
+            t = result["tasks"][tname]["methods"]
+            lasso = t.get("lasso_dct", {}).get("psnr_mean", float("nan"))
+            lines.append(f"| ours {tname[3:]}/1024 | {t['latent_map']['psnr_mean']:.2f} | {lasso:.2f} | – |")
+    lines += ["", f"Setting differs: {lit['cs']['differs']}.", "",
+              f"**{lit['gaussianization']['source']}**: {lit['gaussianization']['note']}. "
+              f"Setting differs: {lit['gaussianization']['differs']}.", ""]
+    if result.get("verdict"):
+        lines += ["## Verdict", "", result["verdict"], ""]
+    return "\n".join(lines)
+
+
+def verdict(tasks: dict[str, Any]) -> str:
+    parts = []
+    for tname in ("mri4x", "deblur"):
+        m = tasks.get(tname, {}).get("methods", {})
+        if "latent_map_gaussianized" not in m:
+            continue
+        g, p = m["latent_map_gaussianized"], m["latent_map"]
+        same = m.get("latent_map_same_budget", p)
+        diff = np.array(g["psnr"]) - np.array(p["psnr"])
+        parts.append(f"{tname}: Gaussianized {g['psnr_mean']:.2f} dB vs plain {p['psnr_mean']:.2f} dB "
+                     f"(plain at the Gaussianized budget {same['psnr_mean']:.2f} dB); per-image "
+                     f"difference {diff.mean():+.2f} ± {diff.std():.2f} dB, Gaussianized better on "
+                     f"{int((diff > 0).sum())}/{len(diff)} images; latent norm ‖w‖/√D: plain "
+                     f"{np.mean(p['latent_norm_over_sqrt_D']):.2f}, Gaussianized "
+                     f"{np.mean(g['latent_norm_over_sqrt_D']):.2f}.")
+    if parts:
+        parts.append("Reading: plain latent MAP with γ = 1/2 does not drift out of the Gaussian "
+                     "typical set (‖w‖/√D ≈ 1) here — it ends well inside it, nearer the mode; the "
+                     "layer's final standardisation pins ‖w‖/√D to 1, i.e. forces the latent onto "
+                     "the typical shell, where this small flow's images are worse. With ICA on "
+                     "groups of a flat near-Gaussian latent the unmixing is ill-posed (every "
+                     "rotation is as good), its unrolled Jacobian amplifies gradients by 10²–10⁴ "
+                     "(see the tuning table) and L-BFGS stalls; without ICA (d = 1, or d = 16 "
+                     "with ica=False) the layer is well conditioned but still loses to plain MAP.")
+    return " ".join(parts)
+
+
+def main(quick: bool = False, *, out_dir: str | Path | None = RESULTS_DIR) -> dict[str, Any]:
+    """Run the benchmark (``quick``: 2 images, a few iterations); returns the results dict.
+
+    Writes ``latent_map.json`` and ``latent_map.md`` to ``out_dir`` (quick mode:
+    ``latent_map.quick.json`` / ``.quick.md``, so a quick run never overwrites the full numbers;
+    ``None``: nothing written).
+    """
+    from bayesinv.data.pretrained import load_prior
+
+    torch.manual_seed(0)
+    cfg = dict(QUICK if quick else FULL)
+    t0 = time.perf_counter()
+    prior = load_prior(PRIOR)
+    for p in prior.parameters():
+        p.requires_grad_(False)
+    tasks = build_tasks(cfg["n_test"], cfg["n_val"], cfg["cs"])
+    tuning: dict[str, Any] = {}
+    setting = "d1"
+    if cfg["tune"]:
+        tuning = tune_group_size(prior, tasks[0], cfg["iters_tune"])
+        ok = {k: v["val_psnr"] for k, v in tuning.items() if k != "plain" and math.isfinite(v["val_psnr"])}
+        if ok:
+            setting = max(ok, key=ok.get)
+        print(f"  tuning (validation, {tasks[0].name}): "
+              + ", ".join(f"{k}: {v['val_psnr']:.2f}" for k, v in tuning.items()), flush=True)
+    results: dict[str, Any] = {}
+    for task in tasks:
+        results[task.name] = run_task(prior, task, cfg, setting, gauss=task.name in ("mri4x", "deblur"))
+    check = cross_check(prior, tasks[0], cfg["iters_check"]) if cfg["iters_check"] else {}
+    result: dict[str, Any] = {
+        "benchmark": "latent MAP (plain vs Gaussianized) with the shipped Glow prior",
+        "quick": quick, "prior": PRIOR, "sigma": SIGMA, "gamma": GAMMA, "config": cfg,
+        "gaussianization_setting": setting, "settings_tried": GAUSS_SETTINGS, "tuning": tuning,
+        "cross_check_map_estimate": check,
+        "tasks": results, "literature": LITERATURE, "verdict": verdict(results),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.platform(), "wall_time_s": time.perf_counter() - t0,
+    }
+    if out_dir is not None:
+        d = Path(out_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        stem = "latent_map.quick" if quick else "latent_map"
+        (d / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (d / f"{stem}.md").write_text(markdown(result))
+    print(markdown(result))
+    return result
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    main(ap.parse_args().quick)
