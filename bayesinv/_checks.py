@@ -21,12 +21,20 @@ def as_tensor(value: object, name: str, *, dtype: torch.dtype | None = None) -> 
     """Convert a tensor or numpy array to a floating tensor, or raise ``TypeError``.
 
     Integer and boolean inputs are promoted to the default float dtype; complex inputs are
-    refused (complex data is stored as a trailing real axis of length 2 in bayesinv).
+    refused (complex data is stored as a trailing real axis of length 2 in bayesinv), and so
+    are numpy arrays of a non-numeric dtype (object, strings) and tensors on the ``meta``
+    device (which hold no data).
     """
     if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufc":
+            raise TypeError(f"{name}: expected a numeric array, got a numpy array of dtype "
+                            f"{value.dtype} (convert it with .astype(float))")
         value = torch.from_numpy(np.ascontiguousarray(value))
     if not isinstance(value, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor or numpy array, got {type(value).__name__}")
+    if value.device.type == "meta":
+        raise ValueError(f"{name}: the tensor is on the 'meta' device, which holds no data; "
+                         "expected a tensor on the CPU or the problem's device")
     if value.is_complex():
         raise TypeError(
             f"{name}: complex tensors are not accepted; store complex data as a real trailing "
@@ -138,6 +146,9 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device: expected 'cpu', 'cuda', 'cuda:N' or 'auto', got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' was requested but torch.cuda.is_available() is False")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device: {str(dev)!r} was requested but only {torch.cuda.device_count()} "
+                         "CUDA device(s) are visible")
     return dev
 
 

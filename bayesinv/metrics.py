@@ -15,14 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._checks import as_tensor, check_positive
+from ._checks import as_tensor, check_finite, check_positive
 
 
-def _pair(estimate: object, truth: object) -> tuple[Tensor, Tensor]:
-    est = as_tensor(estimate, "estimate").detach().to(torch.float64).cpu()
-    ref = as_tensor(truth, "truth").detach().to(torch.float64).cpu()
+def _pair(estimate: object, truth: object, name: str = "estimate") -> tuple[Tensor, Tensor]:
+    """Both images as float64 CPU tensors of one shape, finite (a NaN would give a NaN metric)."""
+    est = check_finite(as_tensor(estimate, name).detach().to(torch.float64).cpu(), name)
+    ref = check_finite(as_tensor(truth, "truth").detach().to(torch.float64).cpu(), "truth")
     if est.shape != ref.shape:
-        raise ValueError(f"estimate/truth: shapes differ: {tuple(est.shape)} vs {tuple(ref.shape)}")
+        raise ValueError(f"{name}/truth: shapes differ: {tuple(est.shape)} vs {tuple(ref.shape)}")
     return est, ref
 
 
@@ -57,10 +58,12 @@ def error_std_correlation(mean: object, std: object, truth: object) -> float:
 
     A positive value means the uncertainty map points to where the reconstruction is wrong.
     """
-    est, ref = _pair(mean, truth)
-    s = as_tensor(std, "std").detach().to(torch.float64).cpu()
+    est, ref = _pair(mean, truth, "mean")
+    s = check_finite(as_tensor(std, "std").detach().to(torch.float64).cpu(), "std")
     if s.shape != est.shape:
         raise ValueError(f"std: expected shape {tuple(est.shape)}, got {tuple(s.shape)}")
+    if bool((s < 0).any()):
+        raise ValueError(f"std: standard deviations must be >= 0, got a minimum of {float(s.min()):.3g}")
     err = (est - ref).abs().flatten()
     s = s.flatten()
     if float(err.std()) == 0 or float(s.std()) == 0:

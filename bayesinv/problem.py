@@ -198,6 +198,10 @@ class InverseProblem(nn.Module):
         """
         space = ("latent" if self.has_latent else "image") if space is None else space
         check_choice(space, "space", ("image", "latent"))
+        m = self.measurement_shape
+        if not isinstance(y, Tensor) or y.dim() not in (len(m), len(m) + 1) or tuple(y.shape[-len(m):]) != m:
+            got = tuple(y.shape) if isinstance(y, Tensor) else type(y).__name__
+            raise ValueError(f"y: expected a measurement of shape {m} or (B, *{m}), got {got}")
         if space == "latent":
             if not isinstance(self.prior, LatentPrior):
                 raise ValueError(f"space: 'latent' needs a latent prior, got {type(self.prior).__name__}")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_int, check_positive
+from .._checks import check_choice, check_int, check_positive, resolve_device
 
 #: Sample images bundled with scikit-image that bayesinv can load without a network.
 IMAGE_NAMES = ("camera", "astronaut", "brick", "grass", "gravel", "coins", "moon", "text",
@@ -54,6 +54,7 @@ def load_image(name: str = "camera", size: int | tuple[int, int] | None = 64, *,
         ``(1, H, W)``, grayscale (luminance for colour images), min/max scaled to ``[0, 1]``.
     """
     check_choice(name, "name", IMAGE_NAMES)
+    device = torch.device("cpu") if device is None else resolve_device(device)
     crop = check_positive(crop, "crop")
     if crop > 1:
         raise ValueError(f"crop: expected a fraction in (0, 1], got {crop}")
@@ -85,7 +86,7 @@ def load_image(name: str = "camera", size: int | tuple[int, int] | None = 64, *,
     lo, hi = float(img.min()), float(img.max())
     img = (img - lo) / (hi - lo) if hi > lo else np.zeros_like(img)
     t = torch.from_numpy(np.ascontiguousarray(img)).to(dtype or torch.get_default_dtype())
-    return t[None].to(device or "cpu")
+    return t[None].to(device)
 
 
 def ellipse_phantoms(n: int, size: int = 64, *, n_ellipses: tuple[int, int] = (3, 8),
@@ -103,6 +104,7 @@ def ellipse_phantoms(n: int, size: int = 64, *, n_ellipses: tuple[int, int] = (3
     """
     n = check_int(n, "n")
     size = check_int(size, "size", minimum=4)
+    device = torch.device("cpu") if device is None else resolve_device(device)
     lo_e, hi_e = (check_int(v, "n_ellipses", minimum=0) for v in n_ellipses)
     if lo_e > hi_e:
         raise ValueError(f"n_ellipses: expected (min, max) with min <= max, got {n_ellipses}")
@@ -127,7 +129,7 @@ def ellipse_phantoms(n: int, size: int = 64, *, n_ellipses: tuple[int, int] = (3
                 rng.uniform(0.05, 0.3), rng.uniform(0, math.pi))
         out[i] = np.clip(img, 0.0, 1.0)
     t = torch.from_numpy(out).to(dtype or torch.get_default_dtype())
-    return t[:, None].to(device or "cpu")
+    return t[:, None].to(device)
 
 
 def image_crops(name: str, n: int, size: int = 32, *, scale: float = 1.0, seed: int = 0,

@@ -29,6 +29,7 @@ suite checks 1e-8 agreement):
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -62,6 +63,9 @@ def as_draws(samples: Any, name: str = "samples", *, min_draws: int = 1) -> np.n
         import torch
 
         if isinstance(samples, torch.Tensor):
+            if samples.is_complex():
+                raise TypeError(f"{name}: complex draws are not accepted (got dtype {samples.dtype}); "
+                                "pass the real part, the magnitude or torch.view_as_real")
             t = samples.detach().cpu()
             if t.dtype not in (torch.float32, torch.float64):
                 t = t.double()
@@ -70,13 +74,43 @@ def as_draws(samples: Any, name: str = "samples", *, min_draws: int = 1) -> np.n
         pass
     if not isinstance(samples, np.ndarray):
         raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(samples).__name__}")
+    if samples.dtype.kind not in "biuf":
+        raise TypeError(f"{name}: expected real numeric draws, got a numpy array of dtype {samples.dtype}")
     if samples.ndim < 2:
         raise ValueError(f"{name}: expected shape (chain, draw, *pixels), got {samples.shape}")
     if samples.shape[1] < min_draws:
         raise ValueError(f"{name}: at least {min_draws} draws per chain needed, got {samples.shape[1]}")
     if samples.dtype not in (np.float32, np.float64):
         samples = samples.astype(np.float64)
+    _check_finite_draws(samples, name)
     return samples[..., None] if samples.ndim == 2 else samples
+
+
+def _check_finite_draws(a: np.ndarray, name: str, block: int = 1 << 22) -> None:
+    """Refuse infinite draws; warn about NaN draws (their pixels get NaN maps, as documented).
+
+    ``±inf`` has no meaning as a draw (a diverged sampler) and would give garbage statistics,
+    so it raises ``ValueError``. NaN marks a missing pixel value: the maps of that pixel are
+    NaN (same as ArviZ) and a ``RuntimeWarning`` says how many values are affected, so the
+    NaN is never silent. Scans at most ``block`` values at a time (no full-size copy).
+    """
+    per_draw = max(1, math.prod(a.shape[2:]))
+    step = max(1, block // per_draw)
+    n_nan = 0
+    for c in range(a.shape[0]):
+        for d in range(0, a.shape[1], step):
+            chunk = a[c, d:d + step]
+            if np.isfinite(chunk).all():
+                continue
+            n_inf = int(np.isinf(chunk).sum())
+            if n_inf:
+                raise ValueError(f"{name}: chain {c} has {n_inf} infinite value(s) in draws "
+                                 f"{d}..{min(d + step, a.shape[1]) - 1}; expected finite draws "
+                                 "(did the sampler diverge?)")
+            n_nan += int(np.isnan(chunk).sum())
+    if n_nan:
+        warnings.warn(f"{name}: {n_nan} draw value(s) are NaN; the maps of the pixels holding them "
+                      "are NaN", RuntimeWarning, stacklevel=3)
 
 
 def _chunked(fn, draws: np.ndarray, chunk_size: int, n_out: int = 1):
@@ -523,6 +557,16 @@ def posterior_maps(posterior, hdi_prob: float = 0.9, *,
     ``abs_error`` and, where a std exists, ``zscore`` = ``|estimate − truth| / std``.
     Maps that need more draws than there are (HDI, ESS with < 4 draws) are left out.
     """
+    from ..infer.posterior import Posterior
+
+    if not isinstance(posterior, Posterior):
+        raise TypeError(f"posterior: expected a bayesinv Posterior, got {type(posterior).__name__}")
+    try:
+        hdi_prob = float(hdi_prob)
+    except (TypeError, ValueError):
+        raise TypeError(f"hdi_prob: expected a probability in (0, 1), got {hdi_prob!r}") from None
+    if not 0.0 < hdi_prob < 1.0:
+        raise ValueError(f"hdi_prob: expected a probability in (0, 1), got {hdi_prob!r}")
     kind = posterior.kind
     draws = as_draws(posterior.samples)
     out: dict[str, np.ndarray] = {"estimate": _image(posterior.point_estimate, "point_estimate")}

@@ -28,6 +28,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
+from .._checks import resolve_device
+
 __all__ = ["save_flow", "load_flow", "flow_classes", "FORMAT_VERSION"]
 
 FORMAT = "bayesinv-flow"
@@ -119,6 +121,11 @@ def load_flow(path: str | os.PathLike, config_path: str | os.PathLike | None = N
         names an unknown class or bad kwargs, or when the weights are missing, truncated,
         corrupted (checksum) or do not match the architecture.
     """
+    if map_location is not None:
+        try:
+            map_location = resolve_device(map_location)
+        except ValueError as exc:
+            raise ValueError(f"map_location: {exc}") from None
     path = Path(path)
     cpath = _config_path(path, config_path)
     try:

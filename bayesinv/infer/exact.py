@@ -24,7 +24,7 @@ import time
 import torch
 from torch import Tensor
 
-from .._checks import check_int, make_generator
+from .._checks import check_int, check_positive, make_generator
 from ..operators.base import LinearOperator, conjugate_gradient
 from ..priors.gaussian import GaussianPrior
 from ..problem import InverseProblem
@@ -56,8 +56,10 @@ def _solve(problem: InverseProblem, rhs_y: Tensor, rhs_x: Tensor, *, max_iter: i
 def gaussian_posterior_mean(problem: InverseProblem, y: Tensor, *, max_iter: int = 500,
                             tol: float = 1e-7) -> Tensor:
     """Posterior mean ``(B, C, H, W)`` of a linear-Gaussian problem by conjugate gradients."""
-    y = problem.check_measurement(y)
     _, prior, _ = _check_linear_gaussian(problem)
+    max_iter = check_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol", allow_zero=True)
+    y = problem.check_measurement(y)
     mu = prior.mean.expand(y.shape[0], *prior.image_shape)
     with torch.no_grad():
         return _solve(problem, y, mu, max_iter=max_iter, tol=tol)
@@ -102,12 +104,14 @@ def exact_gaussian_posterior(problem: InverseProblem, y: Tensor, *, num_samples:
     Returns a :class:`Posterior` of kind ``"independent"`` with ``num_samples`` exact draws in
     one chain and the exact mean as point estimate.
     """
+    A, prior, sigma = _check_linear_gaussian(problem)
     num_samples = check_int(num_samples, "num_samples")
     batch_size = check_int(batch_size, "batch_size")
+    max_iter = check_int(max_iter, "max_iter")
+    tol = check_positive(tol, "tol", allow_zero=True)
     y = problem.check_measurement(y)
     if y.shape[0] != 1:
         raise ValueError(f"y: expected a single measurement, got a batch of {y.shape[0]}")
-    A, prior, sigma = _check_linear_gaussian(problem)
     gen = make_generator(seed, device=y.device)
     t0 = time.perf_counter()
     mean = gaussian_posterior_mean(problem, y, max_iter=max_iter, tol=tol)[0]

@@ -66,6 +66,31 @@ def potential_and_grad(potential_fn: PotentialFn, x: Tensor, site: str = "x") ->
     return u.detach(), g.detach()
 
 
+def check_preconditioner(preconditioner: float | Tensor | None,
+                         shape: tuple[int, ...] | None = None) -> Tensor | None:
+    """Validate a scalar or diagonal preconditioner :math:`M` (``None`` passes through).
+
+    ``M`` must be positive and finite, and either a scalar (one element) or a tensor of exactly
+    the sampled ``shape`` (when given): a smaller tensor would silently broadcast.
+    """
+    if preconditioner is None:
+        return None
+    if isinstance(preconditioner, bool) or not isinstance(preconditioner, (int, float, Tensor)):
+        raise TypeError("preconditioner: expected a positive number or a tensor, got "
+                        f"{type(preconditioner).__name__}")
+    p = torch.as_tensor(preconditioner)
+    if p.is_complex() or not (p.is_floating_point() or p.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"preconditioner: expected a real tensor, got dtype {p.dtype}")
+    if p.numel() != 1 and shape is not None and tuple(p.shape) != tuple(shape):
+        raise ValueError(f"preconditioner: expected a scalar or a diagonal of the sampled shape "
+                         f"{tuple(shape)}, got shape {tuple(p.shape)}")
+    if p.numel() == 1:
+        p = p.reshape(())
+    if not bool(torch.isfinite(p).all()) or bool((p <= 0).any()):
+        raise ValueError("preconditioner: expected positive finite values (a diagonal M)")
+    return p
+
+
 class _LangevinKernel(MCMCKernel):
     """Shared state and bookkeeping of ULA and MALA (see the module docstring)."""
 
@@ -81,13 +106,7 @@ class _LangevinKernel(MCMCKernel):
             raise TypeError(f"potential_fn: expected a callable, got {type(potential_fn).__name__}")
         self.potential_fn = potential_fn
         self._initial_step_size = check_positive(step_size, "step_size")
-        if preconditioner is None:
-            self._precond: Tensor | None = None
-        else:
-            p = torch.as_tensor(preconditioner)
-            if not bool(torch.isfinite(p).all()) or bool((p <= 0).any()):
-                raise ValueError("preconditioner: expected positive finite values (a diagonal M)")
-            self._precond = p
+        self._precond: Tensor | None = check_preconditioner(preconditioner)
         self._initial_params: dict[str, Tensor] | None = None
         self._reset()
 
@@ -117,6 +136,7 @@ class _LangevinKernel(MCMCKernel):
         self._reset()
         self._warmup_steps = int(warmup_steps)
         x = self.initial_params[self.site]
+        check_preconditioner(self._precond, tuple(x.shape))
         u, g = potential_and_grad(self.potential_fn, x, self.site)
         if not (bool(torch.isfinite(u)) and bool(torch.isfinite(g).all())):
             raise FloatingPointError(f"{self.name}: the potential or its gradient is not finite at "

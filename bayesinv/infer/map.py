@@ -117,6 +117,7 @@ def map_estimate(
     if not isinstance(problem, InverseProblem):
         raise TypeError(f"problem: expected an InverseProblem, got {type(problem).__name__}")
     check_choice(method, "method", METHODS)
+    tol = check_positive(tol, "tol", allow_zero=True)
     y = problem.check_measurement(y)
     if y.shape[0] != 1:
         raise ValueError(f"y: expected one measurement, got a batch of {y.shape[0]}")

@@ -37,6 +37,7 @@ import os
 import random
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,15 +51,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .._checks import as_tensor, check_choice, check_int, check_positive
+from ..flows.train import _tensor_digest
 from ..priors.base import LatentPrior
 from ..problem import InverseProblem
 from ._progress import progress_bar
-from .kernels import MALA, ULA
+from .kernels import MALA, ULA, check_preconditioner
 from .posterior import Posterior
 
 KERNELS = ("nuts", "hmc", "mala", "ula")
 CHAIN_METHODS = ("sequential", "parallel")
 _FORMAT = "bayesinv-mcmc-checkpoint-1"
+LOW_ACCEPTANCE = 0.01  #: mean acceptance below this warns (the step size is the usual cause)
 _STAT_KEYS = {"nuts": ("accept_prob", "step_size", "diverging", "num_steps", "tree_depth", "lp"),
               "hmc": ("accept_prob", "step_size", "diverging", "num_steps", "lp"),
               "mala": ("accept_prob", "step_size", "diverging", "lp"),
@@ -217,6 +220,8 @@ def sample_posterior(
                          f"prior is {type(problem.prior).__name__}; use kernel='mala' or 'ula'")
     if kernel == "ula" and step_size is None:
         raise ValueError("step_size: ULA needs a fixed step (reference with patchNR on CT: 2e-7)")
+    if not latent:
+        preconditioner = check_preconditioner(preconditioner, tuple(problem.image_shape))
     y = problem.check_measurement(y)
     if y.shape[0] != 1:
         raise ValueError(f"y: expected one measurement, got a batch of {y.shape[0]}")
@@ -239,7 +244,8 @@ def sample_posterior(
         "jit_compile": jit_compile, "thin": thin, "chain_method": chain_method,
         "space": "latent" if latent else "image",
         "preconditioner": None if preconditioner is None else
-        (float(preconditioner) if isinstance(preconditioner, (int, float)) else "diagonal"),
+        (float(preconditioner) if isinstance(preconditioner, (int, float)) or
+         (isinstance(preconditioner, Tensor) and preconditioner.dim() == 0) else "diagonal"),
     }
     init_hash = hashlib.sha256(torch.stack(inits).detach().cpu().numpy().tobytes()).hexdigest()
     key = json.dumps({**settings, "seed": seed, "problem": problem.describe(), "init_sha256": init_hash,
@@ -285,12 +291,28 @@ def sample_posterior(
     if "diverging" in stats:
         stats["diverging"] = stats["diverging"].bool()
     settings["final_step_size"] = [r["final_step_size"] for r in results]
+    _warn_low_acceptance(kernel, stats, settings["final_step_size"])
     timings = {"total_s": time.perf_counter() - t_start, "init_s": t_init, "images_s": sink.seconds,
                **{f"chain_{c}_s": r["wall_s"] for c, r in enumerate(results)}}
     return Posterior(samples=samples, method=kernel, kind="markov",
                      latent_samples=draws, sample_stats=stats,
                      observed=y[0], truth=truth_t, settings=settings, seed=seed, timings=timings,
                      problem=problem.describe())
+
+
+def _warn_low_acceptance(kernel: str, stats: dict[str, Tensor], step_sizes: list[float]) -> None:
+    """``RuntimeWarning`` for each chain whose mean acceptance probability is below 1 %."""
+    if "accept_prob" not in stats:  # ULA accepts every proposal
+        return
+    rates = stats["accept_prob"].double().mean(dim=1)
+    for c, rate in enumerate(rates.tolist()):
+        if rate < LOW_ACCEPTANCE:
+            warnings.warn(
+                f"{kernel}: chain {c} accepted {100 * rate:.2g}% of its proposals (mean acceptance "
+                f"probability {rate:.3g}) with step_size={step_sizes[c]:.3g}; the chain barely "
+                "moved, so its draws are not a posterior sample. Likely cause: the step size is "
+                "too large (lower step_size, or leave it to the warm-up adaptation)",
+                RuntimeWarning, stacklevel=3)
 
 
 # -- initial values ------------------------------------------------------------------------------
@@ -672,7 +694,8 @@ def _save_checkpoint(path: Path, spec: _Spec, kernel: Any, params: dict[str, Ten
         kernel_state, ktensors = _kernel_state(kernel)
         tensors.update({f"kernel_{k}": v.cpu() for k, v in ktensors.items()})
     meta = {"format": _FORMAT, "iteration": iteration, "num_draws": len(draws), "done": done,
-            "wall_s": wall_s, "kernel": kernel_state, "rng": rng, "final_step_size": final_step_size}
+            "wall_s": wall_s, "kernel": kernel_state, "rng": rng, "final_step_size": final_step_size,
+            "sha256": _tensor_digest(tensors)}
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     os.close(fd)
     try:
@@ -684,16 +707,28 @@ def _save_checkpoint(path: Path, spec: _Spec, kernel: Any, params: dict[str, Ten
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a chain checkpoint; ``ValueError`` naming the file if it is damaged or foreign.
+
+    The SHA-256 of the tensor bytes recorded at save time (same digest as the training
+    checkpoints, :func:`bayesinv.flows.train._tensor_digest`) is verified, so a bit flip in
+    the data is caught rather than silently resumed from.
+    """
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        meta = json.loads(f.metadata()["json"])
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"checkpoint: {path} is not a bayesinv MCMC checkpoint")
-    # fresh (aligned) copies: BLAS results can depend on the alignment of memory-mapped data
-    tensors = {k: v.clone() for k, v in load_file(str(path)).items()}
-    rng = dict(meta["rng"])
-    rng["torch"] = tensors["rng_torch"]
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["json"])
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise ValueError("not a bayesinv MCMC checkpoint")
+        # fresh (aligned) copies: BLAS results can depend on the alignment of memory-mapped data
+        tensors = {k: v.clone() for k, v in load_file(str(path)).items()}
+        if _tensor_digest(tensors) != meta.get("sha256"):
+            raise ValueError("SHA-256 of the tensor data does not match the one recorded (corrupted)")
+        rng = dict(meta["rng"])
+        rng["torch"] = tensors["rng_torch"]
+    except Exception as exc:  # safetensors, json and key errors all mean "bad file"
+        raise ValueError(f"checkpoint: {str(path)!r} is not a valid bayesinv MCMC checkpoint "
+                         f"(truncated or corrupted?): {exc}") from exc
     return {"meta": meta, "tensors": tensors, "rng": rng}
 
 

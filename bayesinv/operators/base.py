@@ -216,6 +216,10 @@ def _flatten_check(t: Tensor, shape: Shape, name: str) -> Tensor:
 
 
 def _apply_batched(fn, t: Tensor, in_shape: Shape, out_shape: Shape, name: str) -> Tensor:
+    if isinstance(t, Tensor) and (t.is_complex() or not t.is_floating_point()):
+        raise TypeError(f"{name}: expected a real floating-point tensor, got dtype {t.dtype}"
+                        + (" (store complex data as a real trailing axis of length 2, "
+                           "torch.view_as_real)" if t.is_complex() else ""))
     lead = t.shape[: t.dim() - len(in_shape)] if isinstance(t, Tensor) else ()
     out = fn(_flatten_check(t, in_shape, name))
     return out.reshape(*lead, *out_shape)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import Shape, as_tensor, check_finite
+from .._checks import Shape, as_tensor, check_finite, check_int
 from .base import LinearOperator
 
 
@@ -44,5 +44,6 @@ class MatrixOperator(LinearOperator):
 def random_gaussian_matrix(m: int, d: int, seed: int = 0, dtype: torch.dtype | None = None) -> Tensor:
     r"""A seeded ``(m, d)`` matrix with i.i.d. :math:`\mathcal N(0, 1/m)` entries
     (so that :math:`\mathbb E[M^\top M] = I`)."""
-    gen = torch.Generator().manual_seed(seed)
+    m, d = check_int(m, "m"), check_int(d, "d")
+    gen = torch.Generator().manual_seed(check_int(seed, "seed", minimum=0))
     return torch.randn(m, d, generator=gen, dtype=dtype or torch.get_default_dtype()) / math.sqrt(m)

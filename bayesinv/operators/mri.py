@@ -54,6 +54,21 @@ def _to_fft_layout(centred: Tensor) -> Tensor:
     return torch.fft.ifftshift(centred, dim=(-2, -1))
 
 
+def _check_mask_args(shape: object, acceleration: float,
+                     center_fraction: float = 0.0) -> tuple[int, int, float, float]:
+    """Validate the arguments shared by the mask builders (same rules as :class:`MRI`)."""
+    if not isinstance(shape, (tuple, list)) or len(shape) != 2:
+        raise ValueError(f"shape: expected (H, W), got {shape!r}")
+    h, w = (check_int(n, "shape") for n in shape)
+    acceleration = check_positive(acceleration, "acceleration")
+    if acceleration < 1:
+        raise ValueError(f"acceleration: expected a number >= 1, got {acceleration!r}")
+    center_fraction = check_positive(center_fraction, "center_fraction", allow_zero=True)
+    if center_fraction > 1:
+        raise ValueError(f"center_fraction: expected a number in [0, 1], got {center_fraction!r}")
+    return h, w, acceleration, center_fraction
+
+
 def _target_count(n: int, acceleration: float) -> int:
     return max(1, min(n, round(n / acceleration)))
 
@@ -62,7 +77,7 @@ def cartesian_mask(shape: tuple[int, int], acceleration: float = 4.0, center_fra
                    seed: int = 0) -> Tensor:
     """Boolean ``(H, W)`` mask in ``fft2`` layout of ``round(W/acceleration)`` full columns,
     including the ``round(center_fraction · W)`` central ones (see module docstring)."""
-    h, w = shape
+    h, w, acceleration, center_fraction = _check_mask_args(shape, acceleration, center_fraction)
     n_total = _target_count(w, acceleration)
     n_low = round(center_fraction * w)
     if n_low > n_total:
@@ -82,7 +97,7 @@ def random_mask(shape: tuple[int, int], acceleration: float = 4.0, center_fracti
                 seed: int = 0) -> Tensor:
     """Boolean ``(H, W)`` variable-density random mask in ``fft2`` layout with exactly
     ``round(H·W/acceleration)`` samples (see module docstring)."""
-    h, w = shape
+    h, w, acceleration, center_fraction = _check_mask_args(shape, acceleration, center_fraction)
     n_total = _target_count(h * w, acceleration)
     mask = torch.zeros(h, w, dtype=torch.bool)
     ch, cw = round(center_fraction * h), round(center_fraction * w)
@@ -121,7 +136,7 @@ def radial_mask(shape: tuple[int, int], acceleration: float = 4.0, seed: int = 0
     """Boolean ``(H, W)`` mask in ``fft2`` layout of equally spaced spokes through the centre
     (one-pixel wide, seeded rotation), with the number of spokes whose sampled fraction is
     closest to ``1/acceleration``."""
-    h, w = shape
+    h, w, acceleration, _ = _check_mask_args(shape, acceleration)
     target = 1.0 / acceleration
     gen = make_generator(seed)
     offset = float(torch.rand((), generator=gen, dtype=torch.float64)) * math.pi

@@ -98,6 +98,12 @@ class LatentPrior(Prior):
         r"""Return :math:`z = G^{-1}(x)` and :math:`\log|\det \nabla G^{-1}(x)|` (per image)."""
 
     def log_prob(self, x: Tensor) -> Tensor:
+        n = len(self.image_shape)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < n or tuple(x.shape[x.dim() - n:]) != tuple(self.image_shape):
+            raise ValueError(f"x: expected images of shape (B, {', '.join(map(str, self.image_shape))}), "
+                             f"got {tuple(x.shape)}")
         z, log_det = self.encode(x)
         return standard_normal_log_prob(z, len(self.latent_shape)) + log_det
 

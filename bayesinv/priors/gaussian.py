@@ -85,6 +85,9 @@ class GaussianPrior(LatentPrior):
         the torus (per channel, channels independent), floored at
         ``nugget · std²`` so that :math:`\Sigma` is well conditioned. Then
         :math:`L = \Sigma^{1/2} = F^* \operatorname{diag}(\sqrt s) F`.
+
+        ``image_shape`` is ``(C, H, W)``, or ``(H, W)`` read as ``(1, H, W)`` (as for the
+        constructor's ``mean``).
         """
         std = check_positive(std, "std")
         length_scale = check_positive(length_scale, "length_scale")
