@@ -21,21 +21,10 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from .maps import _image as _np  # array/tensor -> float64 ndarray, TypeError naming the argument
+
 #: Nominal levels of the default coverage curve.
 DEFAULT_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
-
-
-def _np(a: Any, name: str) -> np.ndarray:
-    try:
-        import torch
-
-        if isinstance(a, torch.Tensor):
-            a = a.detach().cpu().double().numpy()
-    except ImportError:  # pragma: no cover
-        pass
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{name}: expected a numpy array or torch tensor, got {type(a).__name__}")
-    return np.asarray(a, dtype=np.float64)
 
 
 def _draws_truth(samples: Any, truth: Any) -> tuple[np.ndarray, np.ndarray]:

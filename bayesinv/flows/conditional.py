@@ -34,6 +34,7 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
 from .._checks import Shape, check_int, check_positive
+from .base import LadjCacheMixin
 from .glow import MultiscaleCore, _check_image_shape, standard_normal_log_prob
 
 __all__ = ["ConditionalGlow", "ConditionalFlow", "ConditionedGlow", "StandardNormalBase"]
@@ -187,7 +188,7 @@ class ConditionalGlow(ConditionalTransformModule):
 ConditionalFlow = ConditionalGlow
 
 
-class ConditionedGlow(TransformModule):
+class ConditionedGlow(LadjCacheMixin, TransformModule):
     """:math:`z \\mapsto G(z; y)` for a fixed context (returned by :meth:`ConditionalGlow.condition`).
 
     Latents ``(*S, D)`` broadcast against the context batch shape ``*B``: the output has batch
@@ -244,25 +245,6 @@ class ConditionedGlow(TransformModule):
 
     def inverse_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         return (*shape[:-3], *self.parent.latent_shape)
-
-    def _call(self, z: Tensor) -> Tensor:
-        x, ld = self.generate_and_ladj(z)
-        self._ladj_cache = (z, x, ld)
-        return x
-
-    def _inverse(self, x: Tensor) -> Tensor:
-        z, ld = self.encode(x)
-        self._ladj_cache = (z, x, -ld)
-        return z
-
-    def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
-        c = self._ladj_cache
-        if c is not None and c[0] is z and c[1] is x:
-            return c[2]
-        return self.generate_and_ladj(z)[1]
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.generate_and_ladj(z)[0]
 
 
 class StandardNormalBase(ConditionalDistribution):

@@ -51,24 +51,22 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_int, check_positive, resolve_device
-from ..infer._progress import check_loss_finite, progress_bar
+from .._checks import check_int, resolve_device
 from .layers import ActNorm
 from .train import (
-    _HINT,
-    _MODEL_SEED_OFFSET,
     DEQUANTIZE,
-    LEVELS,
     Sampler,
     TrainResult,
     _as_data,
+    _check_train_args,
     _check_unit_range,
-    _evaluate,
-    _restore,
-    _warn_config_change,
+    _checked_update,
+    _model_rng,
+    _prepare_val_data,
+    _start_run,
+    _trainable_params,
     dequantize_uniform,
     load_checkpoint,
-    save_checkpoint,
 )
 
 __all__ = ["LogProbModule", "shard_bounds", "train_flow_ddp", "main"]
@@ -180,25 +178,14 @@ def train_flow_ddp(
     ValueError, TypeError
         For bad arguments (naming the argument) or a bad checkpoint (naming the file).
     """
-    if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
-        raise TypeError(f"model: expected an nn.Module with a log_prob(x) method, got {type(model).__name__}")
-    steps = check_int(steps, "steps")
-    batch_size = check_int(batch_size, "batch_size")
-    lr = check_positive(lr, "lr")
-    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
-    if dequantize is not None:
-        check_choice(dequantize, "dequantize", DEQUANTIZE)
-    val_every = check_int(val_every, "val_every")
-    checkpoint_every = check_int(checkpoint_every, "checkpoint_every")
-    val_batch_size = check_int(val_batch_size if val_batch_size is not None else batch_size, "val_batch_size")
-    seed = check_int(seed, "seed", minimum=0)
-    if grad_clip is not None:
-        grad_clip = check_positive(grad_clip, "grad_clip")
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume: expected a bool, got {resume!r}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model: has no trainable parameters")
+    steps, batch_size, lr, weight_decay, val_every, checkpoint_every, val_batch_size, seed, grad_clip = (
+        _check_train_args(
+            model, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            dequantize=dequantize, val_every=val_every, checkpoint_every=checkpoint_every,
+            val_batch_size=val_batch_size, seed=seed, grad_clip=grad_clip, resume=resume,
+        )
+    )
+    params = _trainable_params(model)
 
     distributed, world, rank, dev = _setup_process_group(device)
     lo, hi = shard_bounds(batch_size, world, rank)
@@ -212,41 +199,14 @@ def train_flow_ddp(
         x_data = _as_data(data, "data").to(dtype=dtype)  # stays on the CPU; shards move to dev
         if dequantize == "uniform":
             _check_unit_range(x_data, "data")
-    x_val: Tensor | None = None
-    if val_data is not None:
-        x_val = _as_data(val_data, "val_data").to(device=dev, dtype=dtype)
-        if dequantize == "uniform":
-            _check_unit_range(x_val, "val_data")
-        if x_data is not None and x_val.shape[1:] != x_data.shape[1:]:
-            raise ValueError(
-                f"val_data: examples of shape {tuple(x_val.shape[1:])} do not match data's {tuple(x_data.shape[1:])}"
-            )
+    x_val = _prepare_val_data(val_data, dev, dtype, dequantize, x_data)
 
-    model.to(dev)
-    was_training = model.training
-    model.train()
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    config = {  # the keys of train_flow's config: checkpoints are interchangeable
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "dequantize": dequantize,
-        "seed": seed,
-        "grad_clip": grad_clip,
-        "data": "sampler" if sampler is not None else "tensor",
-    }
-    cuda_dev = dev if dev.type == "cuda" else None
-    if cuda_dev is not None and cuda_dev.index is None:
-        cuda_dev = torch.device("cuda", torch.cuda.current_device())
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-
-    train_loss: list[float] = []
-    val_steps: list[int] = []
-    val_nll: list[float] = []
-    best: tuple[float, int] | None = None
-    start_step = 0
-    dim: int | None = None
+    run, optimizer, gen, cuda_dev, ckpt_path = _start_run(  # train_flow's config: checkpoints interchange
+        model, params, dev, checkpoint=checkpoint, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        dequantize=dequantize, seed=seed, grad_clip=grad_clip,
+        data_kind="sampler" if sampler is not None else "tensor", x_val=x_val, val_every=val_every,
+        val_batch_size=val_batch_size, checkpoint_every=checkpoint_every, caller="train_flow_ddp",
+    )
 
     def draw_global() -> Tensor:
         """The global batch, drawn exactly as train_flow draws it (on the CPU generator)."""
@@ -269,21 +229,11 @@ def train_flow_ddp(
 
     def save(step: int) -> None:
         if rank == 0:
-            save_checkpoint(
-                ckpt_path, model=model, optimizer=optimizer, step=step, generator=gen,
-                train_loss=train_loss, val_steps=val_steps, val_nll=val_nll, config=config,
-                best_val_nll=None if best is None else best[0],
-                best_val_step=None if best is None else best[1], cuda_device=cuda_dev,
-            )
+            run.save(ckpt_path, step, model=model, optimizer=optimizer, generator=gen, cuda_device=cuda_dev)
         barrier()  # no rank runs ahead of a checkpoint that is not on disk yet
 
     t0 = time.perf_counter()
-    fork_devices = [cuda_dev.index] if cuda_dev is not None else []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.default_generator.manual_seed(seed + _MODEL_SEED_OFFSET)
-        if cuda_dev is not None:
-            with torch.cuda.device(cuda_dev):
-                torch.cuda.manual_seed(seed + _MODEL_SEED_OFFSET)
+    with _model_rng(seed, cuda_dev):
         exists = ckpt_path is not None and resume and ckpt_path.exists()
         if distributed:
             barrier()  # a checkpoint being written by a previous run is complete before we look
@@ -291,23 +241,8 @@ def train_flow_ddp(
             dist.broadcast(flag, src=0)  # rank 0 decides: all ranks resume, or none
             exists = bool(flag.item())
         if exists:
-            ckpt = load_checkpoint(ckpt_path)
-            _restore(ckpt, model, optimizer)
-            if rank == 0:
-                _warn_config_change(ckpt, config)
-            for group in optimizer.param_groups:
-                group["lr"], group["weight_decay"] = lr, weight_decay
-            gen.set_state(ckpt.generator_state)
-            torch.set_rng_state(ckpt.torch_rng_state)
-            if cuda_dev is not None and ckpt.cuda_rng_state is not None:
-                torch.cuda.set_rng_state(ckpt.cuda_rng_state, cuda_dev)
-            start_step = ckpt.step
-            train_loss, val_steps, val_nll = ckpt.train_loss, ckpt.val_steps, ckpt.val_nll
-            if ckpt.best_val_nll is not None:
-                best = (float(ckpt.best_val_nll), int(ckpt.best_val_step))
-            dim = ckpt.config.get("dim")
-            if dim is not None:
-                config["dim"] = dim
+            run.resume(load_checkpoint(ckpt_path), model, optimizer, gen, cuda_dev,
+                       lr=lr, weight_decay=weight_decay, warn=rank == 0)
 
         wrapper = LogProbModule(model)
         if distributed:
@@ -315,56 +250,23 @@ def train_flow_ddp(
             net: nn.Module = nn.parallel.DistributedDataParallel(wrapper, **ddp_kw)
         else:
             net = wrapper
-        bar = progress_bar(steps, f"train flow (rank {rank}/{world})", progress if rank == 0 else False)
-        bar.update(min(start_step, steps))
-        try:
-            for step in range(start_step + 1, steps + 1):
-                xg = draw_global()
-                if dim is None:
-                    dim = int(np.prod(xg.shape[1:]))
-                    config["dim"] = dim
-                if _uninitialized_actnorms(model):  # data-dependent init on the *global* batch
-                    with torch.no_grad():
-                        model.log_prob(xg.to(dev))
-                xb = xg[lo:hi].to(dev)
-                loss = _ddp_step(net, model, optimizer, xb, step=step, grad_clip=grad_clip, lr=lr,
-                                 world=world, distributed=distributed)
-                train_loss.append(loss)
-                if x_val is not None and (step % val_every == 0 or step == steps):
-                    v = _evaluate(model, x_val, val_batch_size, dequantize, seed)
-                    if not math.isfinite(v):
-                        raise FloatingPointError(
-                            f"train_flow_ddp: held-out NLL is {v} at step {step}; val_data may lie "
-                            f"outside the model's support, or {_HINT}"
-                        )
-                    val_steps.append(step)
-                    val_nll.append(v)
-                    if best is None or v < best[0]:
-                        best = (v, step)
-                if ckpt_path is not None and (step % checkpoint_every == 0 or step == steps):
-                    save(step)
-                bar.update(1)
-                if step % 10 == 0 or step == steps:
-                    bar.set_postfix(nll=f"{loss:.4g}")
-        finally:
-            bar.close()
-            model.train(was_training)
 
-    if dim is None:
-        dim = int(np.prod(draw_global().shape[1:]))
-    tail = train_loss[-min(len(train_loss), 50):]
-    return TrainResult(
-        steps=max(steps, start_step), start_step=start_step, dim=dim, batch_size=batch_size,
-        lr=lr, weight_decay=weight_decay, dequantize=dequantize, seed=seed,
-        bits_offset=math.log2(LEVELS) if dequantize == "uniform" else 0.0,
-        train_loss=list(train_loss), val_steps=list(val_steps), val_nll=list(val_nll),
-        final_train_nll=float(np.mean(tail)) if tail else float("nan"),
-        final_val_nll=val_nll[-1] if val_nll else None,
-        best_val_nll=None if best is None else best[0],
-        best_val_step=None if best is None else best[1],
-        wall_time_s=time.perf_counter() - t0, device=str(dev),
-        checkpoint=None if ckpt_path is None else str(ckpt_path),
-    )
+        def one_step(step: int) -> float:
+            xg = draw_global()
+            run.note_dim(xg)
+            if _uninitialized_actnorms(model):  # data-dependent init on the *global* batch
+                with torch.no_grad():
+                    model.log_prob(xg.to(dev))
+            xb = xg[lo:hi].to(dev)
+            return _ddp_step(net, model, optimizer, xb, step=step, grad_clip=grad_clip, lr=lr,
+                             world=world, distributed=distributed)
+
+        run.loop(steps, model, one_step, save=None if ckpt_path is None else save,
+                 desc=f"train flow (rank {rank}/{world})", progress=progress if rank == 0 else False)
+
+    if run.dim is None:
+        run.dim = int(np.prod(draw_global().shape[1:]))
+    return run.result(steps, t0=t0, device=dev, checkpoint=ckpt_path)
 
 
 def _ddp_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, shard: Tensor, *,
@@ -391,17 +293,8 @@ def _ddp_step(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer
         dist.all_reduce(global_loss, op=dist.ReduceOp.SUM)
         global_loss = global_loss / world
     loss_value, norm_value = torch.stack([global_loss, norm.to(loss.dtype)]).tolist()
-    check_loss_finite(loss_value, step, "train_flow_ddp", f"{_HINT}; lr={lr:g}")
-    if not math.isfinite(norm_value):
-        raise FloatingPointError(
-            f"train_flow_ddp: the gradient norm became {norm_value} at step {step} (loss "
-            f"{loss_value:.4g}); likely cause: {_HINT}; lr={lr:g}"
-        )
-    if grad_clip is not None and norm_value > grad_clip:
-        for g in grads:
-            g.mul_(grad_clip / (norm_value + 1e-12))
-    optimizer.step()
-    return loss_value
+    return _checked_update(optimizer, grads, loss_value, norm_value, step=step, grad_clip=grad_clip,
+                           lr=lr, caller="train_flow_ddp")
 
 
 # ------------------------------------------------------------------------------ torchrun entry

@@ -31,6 +31,7 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
 from .._checks import Shape, check_int, check_positive
+from .base import LadjCacheMixin, draw_latents
 from .layers import ActNorm, AffineCoupling, Invertible1x1Conv, Squeeze
 
 __all__ = ["Glow", "MultiscaleCore", "standard_normal_log_prob"]
@@ -138,7 +139,7 @@ class MultiscaleCore(nn.Module):
         return h, ld
 
 
-class Glow(TransformModule):
+class Glow(LadjCacheMixin, TransformModule):
     r"""Multiscale Glow flow :math:`x = G(z)` between flat latents ``(B, D)`` and images.
 
     Parameters
@@ -198,23 +199,6 @@ class Glow(TransformModule):
     def inverse_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
         return (*shape[:-3], *self.latent_shape)
 
-    def _call(self, z: Tensor) -> Tensor:
-        x, ld = self.generate_and_ladj(z)
-        self._ladj_cache = (z, x, ld)
-        return x
-
-    def _inverse(self, x: Tensor) -> Tensor:
-        z, ld = self.encode(x)
-        self._ladj_cache = (z, x, -ld)
-        return z
-
-    def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
-        r""":math:`\log|\det\partial x/\partial z|` per item."""
-        c = self._ladj_cache
-        if c is not None and c[0] is z and c[1] is x:
-            return c[2]
-        return self.generate_and_ladj(z)[1]
-
     # -- flow API -------------------------------------------------------------------------------
     def generate_and_ladj(self, z: Tensor) -> tuple[Tensor, Tensor]:
         r""":math:`x = G(z)` and :math:`\log|\det\partial x/\partial z|` for ``z (..., D)``."""
@@ -248,11 +232,7 @@ class Glow(TransformModule):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` images ``(n, C, H, W)``."""
-        n = check_int(n, "n")
-        p = next(self.parameters())
-        dev = generator.device if generator is not None else p.device
-        z = torch.randn((n, *self.latent_shape), generator=generator, dtype=p.dtype, device=dev)
-        return self.generate(z.to(p.device))
+        return self.generate(draw_latents(self, n, self.latent_shape[0], generator))
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.items())

@@ -33,6 +33,7 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
 from .._checks import check_int, check_positive
+from .base import LadjCacheMixin
 
 __all__ = [
     "FlowLayer",
@@ -61,7 +62,7 @@ def _check_event_dim(event_dim: int) -> int:
     return event_dim
 
 
-class FlowLayer(TransformModule):
+class FlowLayer(LadjCacheMixin, TransformModule):
     """Base class: a bijective ``TransformModule`` with fused value + log-det methods.
 
     Subclasses implement :meth:`call_and_ladj` and :meth:`inverse_and_ladj`. The log-det of
@@ -70,6 +71,8 @@ class FlowLayer(TransformModule):
     """
 
     bijective = True
+    _ladj_forward = "call_and_ladj"  # Pyro interface (_call, _inverse, log-det, forward): LadjCacheMixin
+    _ladj_inverse = "inverse_and_ladj"
     __repr__ = nn.Module.__repr__  # (torch Transform.__repr__ would hide the layers)
 
     def __init__(self, event_dim: int) -> None:
@@ -93,27 +96,6 @@ class FlowLayer(TransformModule):
     def inverse_and_ladj(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         r"""Normalizing direction: :math:`u = T^{-1}(x)` and :math:`\log|\det\partial u/\partial x|`."""
         raise NotImplementedError
-
-    # -- Pyro / torch.distributions interface -------------------------------------------------
-    def _call(self, u: Tensor) -> Tensor:
-        x, ladj = self.call_and_ladj(u)
-        self._ladj_cache = (u, x, ladj)
-        return x
-
-    def _inverse(self, x: Tensor) -> Tensor:
-        u, ladj_inv = self.inverse_and_ladj(x)
-        self._ladj_cache = (u, x, -ladj_inv)
-        return u
-
-    def log_abs_det_jacobian(self, u: Tensor, x: Tensor) -> Tensor:
-        r""":math:`\log|\det \partial x/\partial u|` per item, shape ``(B,)``."""
-        c = self._ladj_cache
-        if c is not None and c[0] is u and c[1] is x:
-            return c[2]
-        return self.call_and_ladj(u)[1]
-
-    def forward(self, u: Tensor) -> Tensor:  # nn.Module entry point = generative direction
-        return self.call_and_ladj(u)[0]
 
 
 # ---------------------------------------------------------------------------------------------

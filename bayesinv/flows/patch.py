@@ -25,13 +25,14 @@ from pyro.distributions.torch_transform import TransformModule
 from torch import Tensor, nn
 
 from .._checks import check_int, check_positive
+from .base import LadjCacheMixin, draw_latents
 from .glow import standard_normal_log_prob
 from .layers import AffineCoupling, Permutation
 
 __all__ = ["PatchFlow"]
 
 
-class PatchFlow(TransformModule):
+class PatchFlow(LadjCacheMixin, TransformModule):
     """Dense coupling flow on flattened ``patch_size × patch_size × channels`` patches.
 
     Parameters
@@ -136,28 +137,7 @@ class PatchFlow(TransformModule):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` flattened patches ``(n, D)``."""
-        n = check_int(n, "n")
-        p = next(self.parameters())
-        dev = generator.device if generator is not None else p.device
-        z = torch.randn((n, self.dim), generator=generator, dtype=p.dtype, device=dev)
-        return self.generate(z.to(p.device))
-
-    # -- Pyro transform interface ----------------------------------------------------------------
-    def _call(self, z: Tensor) -> Tensor:
-        x, ld = self.generate_and_ladj(z)
-        self._ladj_cache = (z, x, ld)
-        return x
-
-    def _inverse(self, x: Tensor) -> Tensor:
-        z, ld = self.encode(x)
-        self._ladj_cache = (z, x, -ld)
-        return z
-
-    def log_abs_det_jacobian(self, z: Tensor, x: Tensor) -> Tensor:
-        c = self._ladj_cache
-        if c is not None and c[0] is z and c[1] is x:
-            return c[2]
-        return self.generate_and_ladj(z)[1]
+        return self.generate(draw_latents(self, n, self.dim, generator))
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.items())

@@ -46,6 +46,7 @@ metadata. Writes are atomic (temporary file in the same directory, ``fsync``, ``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -54,7 +55,7 @@ import struct
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -513,10 +514,30 @@ def _train_step(
     else:
         norm = loss.new_zeros(())
     loss_value, norm_value = torch.stack([loss.detach(), norm.to(loss.dtype)]).tolist()
-    check_loss_finite(loss_value, step, "train_flow", f"{_HINT}; lr={lr:g}")
+    return _checked_update(optimizer, grads, loss_value, norm_value, step=step, grad_clip=grad_clip,
+                           lr=lr, caller="train_flow")
+
+
+def _checked_update(
+    optimizer: torch.optim.Optimizer,
+    grads: list[Tensor],
+    loss_value: float,
+    norm_value: float,
+    *,
+    step: int,
+    grad_clip: float | None,
+    lr: float,
+    caller: str,
+) -> float:
+    r"""Check loss and gradient norm, clip to ``grad_clip`` (:math:`g \leftarrow g\,c/\|g\|`), step.
+
+    Raises ``FloatingPointError`` naming ``caller`` and the step before the parameters change.
+    Returns ``loss_value``.
+    """
+    check_loss_finite(loss_value, step, caller, f"{_HINT}; lr={lr:g}")
     if not math.isfinite(norm_value):
         raise FloatingPointError(
-            f"train_flow: the gradient norm became {norm_value} at step {step} (loss {loss_value:.4g}); "
+            f"{caller}: the gradient norm became {norm_value} at step {step} (loss {loss_value:.4g}); "
             f"likely cause: {_HINT}; lr={lr:g}"
         )
     if grad_clip is not None and norm_value > grad_clip:
@@ -649,27 +670,16 @@ def train_flow(
         For bad arguments, naming the argument; non-finite data name ``data``; a bad checkpoint
         names the file.
     """
-    if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
-        raise TypeError(f"model: expected an nn.Module with a log_prob(x) method, got {type(model).__name__}")
-    steps = check_int(steps, "steps")
-    batch_size = check_int(batch_size, "batch_size")
-    lr = check_positive(lr, "lr")
-    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
-    if dequantize is not None:
-        check_choice(dequantize, "dequantize", DEQUANTIZE)
-    val_every = check_int(val_every, "val_every")
-    checkpoint_every = check_int(checkpoint_every, "checkpoint_every")
-    val_batch_size = check_int(val_batch_size if val_batch_size is not None else batch_size, "val_batch_size")
-    seed = check_int(seed, "seed", minimum=0)
-    if grad_clip is not None:
-        grad_clip = check_positive(grad_clip, "grad_clip")
-    if not isinstance(resume, bool):
-        raise TypeError(f"resume: expected a bool, got {resume!r}")
+    steps, batch_size, lr, weight_decay, val_every, checkpoint_every, val_batch_size, seed, grad_clip = (
+        _check_train_args(
+            model, steps=steps, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            dequantize=dequantize, val_every=val_every, checkpoint_every=checkpoint_every,
+            val_batch_size=val_batch_size, seed=seed, grad_clip=grad_clip, resume=resume,
+        )
+    )
     if patch_sampler is not None and not callable(patch_sampler):
         raise TypeError(f"patch_sampler: expected a callable (data, batch_size, generator), got {type(patch_sampler).__name__}")
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
-        raise ValueError("model: has no trainable parameters")
+    params = _trainable_params(model)
     dev = resolve_device(device)
     dtype = params[0].dtype
 
@@ -683,41 +693,17 @@ def train_flow(
         x_data = _as_data(data, "data").to(device=dev, dtype=dtype)
         if dequantize == "uniform":
             _check_unit_range(x_data, "data")
-    x_val: Tensor | None = None
-    if val_data is not None:
-        x_val = _as_data(val_data, "val_data").to(device=dev, dtype=dtype)
-        if dequantize == "uniform":
-            _check_unit_range(x_val, "val_data")
-        if x_data is not None and patch_sampler is None and x_val.shape[1:] != x_data.shape[1:]:
-            raise ValueError(
-                f"val_data: examples of shape {tuple(x_val.shape[1:])} do not match data's {tuple(x_data.shape[1:])}"
-            )
+    x_val = _prepare_val_data(
+        val_data, dev, dtype, dequantize, None if patch_sampler is not None else x_data
+    )
 
-    model.to(dev)
-    was_training = model.training
-    model.train()
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    config = {
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "dequantize": dequantize,
-        "seed": seed,
-        "grad_clip": grad_clip,
-        "data": "sampler" if sampler is not None else ("patch_sampler" if patch_sampler else "tensor"),
-    }
-    cuda_dev = dev if dev.type == "cuda" else None
-    if cuda_dev is not None and cuda_dev.index is None:
-        cuda_dev = torch.device("cuda", torch.cuda.current_device())
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-
-    train_loss: list[float] = []
-    val_steps: list[int] = []
-    val_nll: list[float] = []
-    best: tuple[float, int] | None = None
-    start_step = 0
-    dim: int | None = None
+    data_kind = "sampler" if sampler is not None else ("patch_sampler" if patch_sampler else "tensor")
+    run, optimizer, gen, cuda_dev, ckpt_path = _start_run(
+        model, params, dev, checkpoint=checkpoint, batch_size=batch_size, lr=lr,
+        weight_decay=weight_decay, dequantize=dequantize, seed=seed, grad_clip=grad_clip, data_kind=data_kind,
+        x_val=x_val, val_every=val_every, val_batch_size=val_batch_size, checkpoint_every=checkpoint_every,
+        caller="train_flow",
+    )
 
     def draw(step: int) -> Tensor:
         if sampler is not None:
@@ -743,102 +729,326 @@ def train_flow(
         return xb
 
     def save(step: int) -> None:
-        save_checkpoint(
-            ckpt_path, model=model, optimizer=optimizer, step=step, generator=gen,
-            train_loss=train_loss, val_steps=val_steps, val_nll=val_nll, config=config,
-            best_val_nll=None if best is None else best[0], best_val_step=None if best is None else best[1],
-            cuda_device=cuda_dev,
-        )
+        run.save(ckpt_path, step, model=model, optimizer=optimizer, generator=gen, cuda_device=cuda_dev)
 
     t0 = time.perf_counter()
+    with _model_rng(seed, cuda_dev):
+        if ckpt_path is not None and resume and ckpt_path.exists():
+            run.resume(
+                load_checkpoint(ckpt_path), model, optimizer, gen, cuda_dev, lr=lr, weight_decay=weight_decay
+            )
+
+
+        def one_step(step: int) -> float:
+            xb = draw(step)
+            run.note_dim(xb)
+            try:
+                return _train_step(model, optimizer, xb, step=step, grad_clip=grad_clip, lr=lr)
+            except FloatingPointError:
+                if not bool(torch.isfinite(xb).all()):
+                    raise ValueError(
+                        f"data: the batch of step {step} contains NaN/inf values (from the sampler)"
+                    ) from None
+                raise
+
+        run.loop(steps, model, one_step, save=None if ckpt_path is None else save,
+                 desc="train flow", progress=progress)
+
+    if run.dim is None:  # resumed a finished run whose checkpoint holds no dim record
+        run.dim = int(np.prod(draw(0).shape[1:]))
+    return run.result(steps, t0=t0, device=dev, checkpoint=ckpt_path)
+
+
+# ------------------------------------------------------------- pieces shared with the DDP trainer
+def _check_train_args(
+    model: nn.Module,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    dequantize: str | None,
+    val_every: int,
+    checkpoint_every: int,
+    val_batch_size: int | None,
+    seed: int,
+    grad_clip: float | None,
+    resume: bool,
+) -> tuple[int, int, float, float, int, int, int, int, float | None]:
+    """Validate the arguments common to :func:`train_flow` and ``train_flow_ddp``.
+
+    Returns ``(steps, batch_size, lr, weight_decay, val_every, checkpoint_every,
+    val_batch_size, seed, grad_clip)`` normalised; bad values raise naming the argument.
+    """
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "log_prob", None)):
+        raise TypeError(f"model: expected an nn.Module with a log_prob(x) method, got {type(model).__name__}")
+    steps = check_int(steps, "steps")
+    batch_size = check_int(batch_size, "batch_size")
+    lr = check_positive(lr, "lr")
+    weight_decay = check_positive(weight_decay, "weight_decay", allow_zero=True)
+    if dequantize is not None:
+        check_choice(dequantize, "dequantize", DEQUANTIZE)
+    val_every = check_int(val_every, "val_every")
+    checkpoint_every = check_int(checkpoint_every, "checkpoint_every")
+    val_batch_size = check_int(val_batch_size if val_batch_size is not None else batch_size, "val_batch_size")
+    seed = check_int(seed, "seed", minimum=0)
+    if grad_clip is not None:
+        grad_clip = check_positive(grad_clip, "grad_clip")
+    if not isinstance(resume, bool):
+        raise TypeError(f"resume: expected a bool, got {resume!r}")
+    return steps, batch_size, lr, weight_decay, val_every, checkpoint_every, val_batch_size, seed, grad_clip
+
+
+def _trainable_params(model: nn.Module) -> list[nn.Parameter]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model: has no trainable parameters")
+    return params
+
+
+def _prepare_val_data(
+    val_data: Tensor | np.ndarray | None,
+    dev: torch.device,
+    dtype: torch.dtype,
+    dequantize: str | None,
+    x_data: Tensor | None,
+) -> Tensor | None:
+    """Held-out examples on ``dev``; checked against ``x_data``'s example shape when given."""
+    if val_data is None:
+        return None
+    x_val = _as_data(val_data, "val_data").to(device=dev, dtype=dtype)
+    if dequantize == "uniform":
+        _check_unit_range(x_val, "val_data")
+    if x_data is not None and x_val.shape[1:] != x_data.shape[1:]:
+        raise ValueError(
+            f"val_data: examples of shape {tuple(x_val.shape[1:])} do not match data's {tuple(x_data.shape[1:])}"
+        )
+    return x_val
+
+
+def _start_run(
+    model: nn.Module,
+    params: list[nn.Parameter],
+    dev: torch.device,
+    *,
+    checkpoint: str | os.PathLike | None,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    dequantize: str | None,
+    seed: int,
+    grad_clip: float | None,
+    data_kind: str,
+    x_val: Tensor | None,
+    val_every: int,
+    val_batch_size: int,
+    checkpoint_every: int,
+    caller: str,
+) -> tuple[_Run, torch.optim.Optimizer, torch.Generator, torch.device | None, Path | None]:
+    """Move ``model`` to ``dev`` in train mode; make the optimizer, the loop's generator, the config.
+
+    Returns ``(run, optimizer, generator, cuda_device, checkpoint_path)``; ``cuda_device`` is the
+    indexed CUDA device whose RNG is forked and checkpointed (``None`` on the CPU).
+    """
+    model.to(dev)
+    was_training = model.training
+    model.train()
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    config = {  # the same keys for train_flow and train_flow_ddp: checkpoints are interchangeable
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "dequantize": dequantize,
+        "seed": seed,
+        "grad_clip": grad_clip,
+        "data": data_kind,
+    }
+    cuda_dev = dev if dev.type == "cuda" else None
+    if cuda_dev is not None and cuda_dev.index is None:
+        cuda_dev = torch.device("cuda", torch.cuda.current_device())
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    run = _Run(config=config, was_training=was_training, batch_size=batch_size, lr=lr,
+               weight_decay=weight_decay, dequantize=dequantize, seed=seed, x_val=x_val,
+               val_every=val_every, val_batch_size=val_batch_size, checkpoint_every=checkpoint_every,
+               caller=caller)
+    return run, optimizer, gen, cuda_dev, ckpt_path
+
+
+@contextlib.contextmanager
+def _model_rng(seed: int, cuda_dev: torch.device | None) -> Iterator[None]:
+    """Fork the global torch (and CUDA) RNG and seed it with ``seed + _MODEL_SEED_OFFSET``."""
     fork_devices = [cuda_dev.index] if cuda_dev is not None else []
     with torch.random.fork_rng(devices=fork_devices):
         torch.default_generator.manual_seed(seed + _MODEL_SEED_OFFSET)
         if cuda_dev is not None:
             with torch.cuda.device(cuda_dev):
                 torch.cuda.manual_seed(seed + _MODEL_SEED_OFFSET)
-        if ckpt_path is not None and resume and ckpt_path.exists():
-            ckpt = load_checkpoint(ckpt_path)
-            _restore(ckpt, model, optimizer)
-            _warn_config_change(ckpt, config)
-            for group in optimizer.param_groups:  # the arguments of this call win
-                group["lr"], group["weight_decay"] = lr, weight_decay
-            gen.set_state(ckpt.generator_state)
-            torch.set_rng_state(ckpt.torch_rng_state)
-            if cuda_dev is not None and ckpt.cuda_rng_state is not None:
-                torch.cuda.set_rng_state(ckpt.cuda_rng_state, cuda_dev)
-            start_step = ckpt.step
-            train_loss, val_steps, val_nll = ckpt.train_loss, ckpt.val_steps, ckpt.val_nll
-            if ckpt.best_val_nll is not None:
-                best = (float(ckpt.best_val_nll), int(ckpt.best_val_step))
-            dim = ckpt.config.get("dim")
-            if dim is not None:
-                config["dim"] = dim
+        yield
 
-        bar = progress_bar(steps, "train flow", progress)
-        bar.update(min(start_step, steps))
+
+@dataclass
+class _Run:
+    """Bookkeeping of one training run: histories, best held-out NLL, ``dim``, resume point."""
+
+    config: dict[str, Any]
+    was_training: bool
+    batch_size: int
+    lr: float
+    weight_decay: float
+    dequantize: str | None
+    seed: int
+    x_val: Tensor | None = None
+    val_every: int = 500
+    val_batch_size: int = 1
+    checkpoint_every: int = 1000
+    caller: str = "train_flow"
+    train_loss: list[float] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_nll: list[float] = field(default_factory=list)
+    best: tuple[float, int] | None = None
+    start_step: int = 0
+    dim: int | None = None
+
+    def resume(
+        self,
+        ckpt: Checkpoint,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        gen: torch.Generator,
+        cuda_dev: torch.device | None,
+        *,
+        lr: float,
+        weight_decay: float,
+        warn: bool = True,
+        stacklevel: int = 4,
+    ) -> None:
+        """Restore model, optimizer, generator, RNG states and histories from ``ckpt``."""
+        _restore(ckpt, model, optimizer)
+        if warn:
+            _warn_config_change(ckpt, self.config, stacklevel=stacklevel)
+        for group in optimizer.param_groups:  # the arguments of this call win
+            group["lr"], group["weight_decay"] = lr, weight_decay
+        gen.set_state(ckpt.generator_state)
+        torch.set_rng_state(ckpt.torch_rng_state)
+        if cuda_dev is not None and ckpt.cuda_rng_state is not None:
+            torch.cuda.set_rng_state(ckpt.cuda_rng_state, cuda_dev)
+        self.start_step = ckpt.step
+        self.train_loss, self.val_steps, self.val_nll = ckpt.train_loss, ckpt.val_steps, ckpt.val_nll
+        if ckpt.best_val_nll is not None:
+            self.best = (float(ckpt.best_val_nll), int(ckpt.best_val_step))
+        self.dim = ckpt.config.get("dim")
+        if self.dim is not None:
+            self.config["dim"] = self.dim
+
+    def save(
+        self,
+        path: Path,
+        step: int,
+        *,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generator: torch.Generator,
+        cuda_device: torch.device | None,
+    ) -> None:
+        """Write the checkpoint of ``step`` (see :func:`save_checkpoint`)."""
+        best = self.best
+        save_checkpoint(
+            path, model=model, optimizer=optimizer, step=step, generator=generator,
+            train_loss=self.train_loss, val_steps=self.val_steps, val_nll=self.val_nll, config=self.config,
+            best_val_nll=None if best is None else best[0], best_val_step=None if best is None else best[1],
+            cuda_device=cuda_device,
+        )
+
+    def note_dim(self, xb: Tensor) -> None:
+        """Record :math:`D` (elements of one example) from the first batch."""
+        if self.dim is None:
+            self.dim = int(np.prod(xb.shape[1:]))
+            self.config["dim"] = self.dim
+
+    def loop(
+        self,
+        steps: int,
+        model: nn.Module,
+        one_step: Callable[[int], float],
+        *,
+        save: Callable[[int], None] | None,
+        desc: str,
+        progress: bool | None,
+    ) -> None:
+        """Steps ``start_step + 1 .. steps`` (``one_step(step) -> loss``) with a progress bar.
+
+        The model's train/eval mode is restored at the end, also on errors.
+        """
+        bar = progress_bar(steps, desc, progress)
+        bar.update(min(self.start_step, steps))
         try:
-            for step in range(start_step + 1, steps + 1):
-                xb = draw(step)
-                if dim is None:
-                    dim = int(np.prod(xb.shape[1:]))
-                    config["dim"] = dim
-                try:
-                    loss = _train_step(model, optimizer, xb, step=step, grad_clip=grad_clip, lr=lr)
-                except FloatingPointError:
-                    if not bool(torch.isfinite(xb).all()):
-                        raise ValueError(
-                            f"data: the batch of step {step} contains NaN/inf values (from the sampler)"
-                        ) from None
-                    raise
-                train_loss.append(loss)
-                if x_val is not None and (step % val_every == 0 or step == steps):
-                    v = _evaluate(model, x_val, val_batch_size, dequantize, seed)
-                    if not math.isfinite(v):
-                        raise FloatingPointError(
-                            f"train_flow: held-out NLL is {v} at step {step}; val_data may lie outside "
-                            f"the model's support, or {_HINT}"
-                        )
-                    val_steps.append(step)
-                    val_nll.append(v)
-                    if best is None or v < best[0]:
-                        best = (v, step)
-                if ckpt_path is not None and (step % checkpoint_every == 0 or step == steps):
-                    save(step)
-                bar.update(1)
-                if step % 10 == 0 or step == steps:
-                    bar.set_postfix(nll=f"{loss:.4g}")
+            for step in range(self.start_step + 1, steps + 1):
+                loss = one_step(step)
+                self.end_step(step, steps, loss, bar, model=model, save=save)
         finally:
             bar.close()
-            model.train(was_training)
+            model.train(self.was_training)
 
-    if dim is None:  # resumed a finished run whose checkpoint holds no dim record
-        dim = int(np.prod(draw(0).shape[1:]))
-    tail = train_loss[-min(len(train_loss), 50):]
-    return TrainResult(
-        steps=max(steps, start_step),
-        start_step=start_step,
-        dim=dim,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        dequantize=dequantize,
-        seed=seed,
-        bits_offset=math.log2(LEVELS) if dequantize == "uniform" else 0.0,
-        train_loss=list(train_loss),
-        val_steps=list(val_steps),
-        val_nll=list(val_nll),
-        final_train_nll=float(np.mean(tail)) if tail else float("nan"),
-        final_val_nll=val_nll[-1] if val_nll else None,
-        best_val_nll=None if best is None else best[0],
-        best_val_step=None if best is None else best[1],
-        wall_time_s=time.perf_counter() - t0,
-        device=str(dev),
-        checkpoint=None if ckpt_path is None else str(ckpt_path),
-    )
+    def end_step(
+        self,
+        step: int,
+        steps: int,
+        loss: float,
+        bar: Any,
+        *,
+        model: nn.Module,
+        save: Callable[[int], None] | None,
+    ) -> None:
+        """Record the loss of ``step``; validate, checkpoint and update the bar when due."""
+        self.train_loss.append(loss)
+        if self.x_val is not None and (step % self.val_every == 0 or step == steps):
+            v = _evaluate(model, self.x_val, self.val_batch_size, self.dequantize, self.seed)
+            if not math.isfinite(v):
+                raise FloatingPointError(
+                    f"{self.caller}: held-out NLL is {v} at step {step}; val_data may lie outside "
+                    f"the model's support, or {_HINT}"
+                )
+            self.val_steps.append(step)
+            self.val_nll.append(v)
+            if self.best is None or v < self.best[0]:
+                self.best = (v, step)
+        if save is not None and (step % self.checkpoint_every == 0 or step == steps):
+            save(step)
+        bar.update(1)
+        if step % 10 == 0 or step == steps:
+            bar.set_postfix(nll=f"{loss:.4g}")
+
+    def result(
+        self, steps: int, *, t0: float, device: torch.device, checkpoint: Path | None
+    ) -> TrainResult:
+        """The :class:`TrainResult` of the run (``dim`` must be known)."""
+        tail = self.train_loss[-min(len(self.train_loss), 50):]
+        best = self.best
+        return TrainResult(
+            steps=max(steps, self.start_step),
+            start_step=self.start_step,
+            dim=self.dim,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            dequantize=self.dequantize,
+            seed=self.seed,
+            bits_offset=math.log2(LEVELS) if self.dequantize == "uniform" else 0.0,
+            train_loss=list(self.train_loss),
+            val_steps=list(self.val_steps),
+            val_nll=list(self.val_nll),
+            final_train_nll=float(np.mean(tail)) if tail else float("nan"),
+            final_val_nll=self.val_nll[-1] if self.val_nll else None,
+            best_val_nll=None if best is None else best[0],
+            best_val_step=None if best is None else best[1],
+            wall_time_s=time.perf_counter() - t0,
+            device=str(device),
+            checkpoint=None if checkpoint is None else str(checkpoint),
+        )
 
 
-def _warn_config_change(ckpt: Checkpoint, config: dict[str, Any]) -> None:
+def _warn_config_change(ckpt: Checkpoint, config: dict[str, Any], *, stacklevel: int = 3) -> None:
     changed = {
         k: (ckpt.config.get(k), v) for k, v in config.items() if k in ckpt.config and ckpt.config.get(k) != v
     }
@@ -848,5 +1058,5 @@ def _warn_config_change(ckpt: Checkpoint, config: dict[str, Any]) -> None:
             f"checkpoint {str(ckpt.path)!r}: resuming with changed settings ({desc}); the run will "
             "not reproduce an uninterrupted one",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
