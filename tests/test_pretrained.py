@@ -68,13 +68,18 @@ def _phantoms(seeds, size):
 
 
 # -------------------------------------------------------------------------------- integrity
+#: every shipped model: NAMES (scripts/train_priors.py) and the eikonal velocity prior
+#: (scripts/train_velocity_prior.py, tested in tests/test_eikonal_example.py)
+ALL_NAMES = sorted([*NAMES, "glow_velocity32"])
+
+
 def test_available_matches_the_shipped_files():
     names = available()
-    assert sorted(names) == NAMES
+    assert sorted(names) == ALL_NAMES
     assert all(isinstance(d, str) and len(d) > 20 for d in names.values())
     shipped = sorted(p.name.removesuffix(".safetensors") for p in WEIGHTS_DIR.glob("*.safetensors"))
-    assert shipped == NAMES
-    for name in NAMES:
+    assert shipped == ALL_NAMES
+    for name in ALL_NAMES:
         assert all(p.is_file() for p in weight_files(name).values())
     total = sum(p.stat().st_size for p in WEIGHTS_DIR.iterdir() if p.is_file())
     assert total < 10 * 2**20  # keep the package small

@@ -16,7 +16,7 @@ Examples
 --------
 >>> from bayesinv.data.pretrained import available, load_prior
 >>> sorted(available())
-['glow_phantom32', 'patchnr_ct', 'patchnr_natural']
+['glow_phantom32', 'glow_velocity32', 'patchnr_ct', 'patchnr_natural']
 >>> load_prior("glow_phantom32").sample(2).shape
 torch.Size([2, 1, 32, 32])
 """
@@ -50,8 +50,13 @@ _MODELS: dict[str, str] = {
         "256x256 with its 8 dihedral copies; 'camera' is held out (validation, super-resolution "
         "tests)."
     ),
+    "glow_velocity32": (
+        "Glow (3 levels x 2 steps, hidden 32) on 32x32 layered/faulted velocity models in unit "
+        "scale (bayesinv.data.velocity, training seed 0, validation seed 5000; >= 10000 held "
+        "out), trained by scripts/train_velocity_prior.py; prior for eikonal tomography."
+    ),
 }
-_IMAGE_FLOWS = ("glow_phantom32",)
+_IMAGE_FLOWS = ("glow_phantom32", "glow_velocity32")
 
 
 def available() -> dict[str, str]:
