@@ -40,9 +40,10 @@ def test_records_have_fields_and_sane_values(tiny_run):
     # denoising with sigma = 0.1: the noisy image itself has PSNR ~20 dB
     assert 19.0 < pinv["psnr_mean"] < 21.0
     assert tik["psnr_mean"] > pinv["psnr_mean"] + 1.0  # smoothing helps
-    saved = json.loads((out / "quality.json").read_text())
+    saved = json.loads((out / "quality_quick.json").read_text())
     assert saved["records"] == json.loads(json.dumps(records))
-    md = (out / "quality.md").read_text()
+    assert not (out / "quality.json").exists()  # a quick run never replaces the full table
+    md = (out / "quality_quick.md").read_text()
     assert "| denoise | tikhonov_grad |" in md and "Glow (Asim): 30.5" in md
 
 
