@@ -39,7 +39,7 @@ demo: install
 test: install
 	$(PY) -m pytest
 
-test-slow: install install-docs
+test-slow: install install-docs install-bench
 	$(PY) -m pytest -m slow
 
 # All benchmarks (tens of minutes on 2 cores); results in benchmarks/results/.

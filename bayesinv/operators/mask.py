@@ -14,6 +14,17 @@ from .._checks import Shape, as_tensor, check_finite, check_int, check_positive,
 from .base import LinearOperator, _flatten_check
 
 
+def as_binary_mask(mask: object, in_shape: Shape) -> Tensor:
+    """Validate a user mask: finite, 0/1 (or bool), of shape ``(H, W)`` or ``(C, H, W)``."""
+    c, h, w = in_shape
+    m = check_finite(as_tensor(mask, "mask"), "mask").detach()
+    if tuple(m.shape) not in ((h, w), (c, h, w)):
+        raise ValueError(f"mask: expected shape (H, W) = {(h, w)} or (C, H, W) = "
+                         f"{(c, h, w)}, got {tuple(m.shape)}")
+    if not bool(((m == 0) | (m == 1)).all()):
+        raise ValueError("mask: expected boolean or 0/1 values")
+    return m
+
 class Inpainting(LinearOperator):
     r"""Pixel-mask operator :math:`y = m \odot x`, :math:`A^* y = m \odot y`.
 
@@ -46,12 +57,7 @@ class Inpainting(LinearOperator):
                              "(the share of observed pixels)")
         self._seed = check_int(seed, "seed", minimum=0)
         if mask is not None:
-            m = check_finite(as_tensor(mask, "mask"), "mask").detach()
-            if tuple(m.shape) not in ((h, w), (c, h, w)):
-                raise ValueError(f"mask: expected shape (H, W) = {(h, w)} or (C, H, W) = "
-                                 f"{(c, h, w)}, got {tuple(m.shape)}")
-            if not bool(((m == 0) | (m == 1)).all()):
-                raise ValueError("mask: expected boolean or 0/1 values")
+            m = as_binary_mask(mask, self.in_shape)
             self._source = "given"
             self._fraction = None
         else:

@@ -31,14 +31,13 @@ from torch import Tensor
 
 from .._checks import (
     Shape,
-    as_tensor,
     check_choice,
-    check_finite,
     check_int,
     check_positive,
     make_generator,
 )
 from .base import LinearOperator, _flatten_check
+from .mask import as_binary_mask
 
 MASKS = ("random", "cartesian", "radial")
 
@@ -206,12 +205,7 @@ class MRI(LinearOperator):
             else:
                 m = radial_mask((h, w), acceleration, self._seed)
         else:
-            m = check_finite(as_tensor(mask, "mask"), "mask").detach()
-            if tuple(m.shape) not in ((h, w), (c, h, w)):
-                raise ValueError(f"mask: expected shape (H, W) = {(h, w)} or (C, H, W) = "
-                                 f"{(c, h, w)}, got {tuple(m.shape)}")
-            if not bool(((m == 0) | (m == 1)).all()):
-                raise ValueError("mask: expected boolean or 0/1 values")
+            m = as_binary_mask(mask, self.in_shape)
             self.mask_kind = "tensor"
         m = m.to(torch.get_default_dtype()).expand(c, h, w).clone()
         if not bool(m.any()):
