@@ -3,7 +3,11 @@
 import pytest
 import torch
 
-from bayesinv.infer import exact_gaussian_posterior, gaussian_posterior_mean, gaussian_posterior_moments
+from bayesinv.infer import (
+    exact_gaussian_posterior,
+    gaussian_posterior_mean,
+    gaussian_posterior_moments,
+)
 from bayesinv.operators import adjointness_error, conjugate_gradient
 from bayesinv.operators.matrix import MatrixOperator
 from bayesinv.testing import linear_gaussian_problem

@@ -19,10 +19,11 @@ import torch
 
 from bayesinv.data.images import ellipse_phantoms, load_image
 from bayesinv.infer.map import map_estimate
+from bayesinv.infer.zero_shot import zero_shot_sr
 from bayesinv.metrics import psnr
 from bayesinv.operators.blur import SuperResolution
 from bayesinv.operators.tomography import Radon
-from bayesinv.priors.patchnr import PatchNRPrior, zero_shot_sr
+from bayesinv.priors.patchnr import PatchNRPrior
 from bayesinv.priors.wpp import WassersteinPatchPrior, wasserstein_patch_distance
 from bayesinv.problem import InverseProblem
 

@@ -6,7 +6,8 @@ from .map import map_estimate
 from .mcmc import sample_posterior
 from .posterior import Posterior
 from .variational import ConditionalAffineFlow, VariationalPosterior, fit_variational
+from .zero_shot import zero_shot_sr
 
 __all__ = ["Posterior", "map_estimate", "sample_posterior", "MALA", "ULA", "fit_variational",
-           "VariationalPosterior", "ConditionalAffineFlow", "exact_gaussian_posterior", "gaussian_posterior_mean",
+           "VariationalPosterior", "ConditionalAffineFlow", "zero_shot_sr", "exact_gaussian_posterior", "gaussian_posterior_mean",
            "gaussian_posterior_moments"]
