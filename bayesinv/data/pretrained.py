@@ -94,14 +94,8 @@ def load_flow_weights(name: str, map_location: Any = None) -> nn.Module:
     ValueError
         For an unknown ``name`` or missing/corrupted files (naming the file).
     """
-    from .._checks import resolve_device
-    from ..flows.io import load_flow
+    from ..flows.io import load_flow  # validates map_location, naming it
 
-    if map_location is not None:
-        try:
-            map_location = resolve_device(map_location)
-        except ValueError as exc:
-            raise ValueError(f"map_location: {exc}") from None
     files = weight_files(name)
     flow = load_flow(files["weights"], files["config"], map_location=map_location)
     return flow.eval()
