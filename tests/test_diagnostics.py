@@ -169,6 +169,21 @@ def test_rhat_ess_mcse_match_arviz(chains, draws, phi):
     assert np.array_equal(maps.ess_map(cube, "tail"), got["ess_tail"], equal_nan=True)
 
 
+def test_threaded_chunks_give_bitwise_the_serial_maps():
+    x = _ar1(4, 120, 37, 0.6, seed=3)
+    x[:, :, 5] = np.round(x[:, :, 5])  # ties
+    x[1, 7, 11] = np.nan  # a NaN pixel inside one chunk
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        serial = maps.convergence_maps(x, maps.CONVERGENCE_QUANTITIES, chunk_size=5, workers=1)
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        threaded = maps.convergence_maps(x, maps.CONVERGENCE_QUANTITIES, chunk_size=5, workers=3)
+    for k in maps.CONVERGENCE_QUANTITIES:
+        assert np.array_equal(serial[k], threaded[k], equal_nan=True), k
+    lo1, hi1 = maps.hdi_map(x[:, :, :5], 0.9, chunk_size=2, workers=1)
+    lo3, hi3 = maps.hdi_map(x[:, :, :5], 0.9, chunk_size=2, workers=3)
+    assert np.array_equal(lo1, lo3) and np.array_equal(hi1, hi3)
+
+
 def test_ess_long_autocorrelation_uses_fft_fallback():
     x = _ar1(4, 400, 3, 0.97, seed=1)  # Geyer truncation beyond the direct lag windows
     got = maps.ess_map(x, "bulk")
@@ -206,6 +221,8 @@ def test_maps_bad_inputs():
         maps.ess_map(x, "median")
     with pytest.raises(ValueError, match="chunk_size"):
         maps.rhat_map(x, chunk_size=0)
+    with pytest.raises(ValueError, match="workers"):
+        maps.rhat_map(x, workers=0)
     with pytest.raises(ValueError, match="which"):
         maps.convergence_maps(x, ("rhat", "bogus"))
     with pytest.raises(TypeError, match="samples"):

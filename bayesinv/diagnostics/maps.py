@@ -29,7 +29,9 @@ suite checks 1e-8 agreement):
 from __future__ import annotations
 
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -113,24 +115,54 @@ def _check_finite_draws(a: np.ndarray, name: str, block: int = 1 << 22) -> None:
                       "are NaN", RuntimeWarning, stacklevel=3)
 
 
-def _chunked(fn, draws: np.ndarray, chunk_size: int, n_out: int = 1):
+def default_workers() -> int:
+    """CPU cores this process may use (``os.sched_getaffinity`` where available)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS / Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def _check_workers(workers: Any) -> int:
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+        raise ValueError(f"workers: expected a positive integer or None, got {workers!r}")
+    return int(workers)
+
+
+def _chunked(fn, draws: np.ndarray, chunk_size: int, n_out: int = 1, workers: int = 1):
     """Apply ``fn(block) -> (P,) arrays`` over pixel chunks and reshape back.
 
     ``block`` is pixel-major, ``(P, chain, draw)`` and contiguous, so that sorts and FFTs run
-    along the contiguous last axis.
+    along the contiguous last axis. With ``workers > 1`` chunks run in a thread pool: the
+    work inside a chunk is numpy/scipy that releases the GIL (sorts, FFTs, reductions), so the
+    threads run on separate cores. Chunks are independent and each writes its own slice of
+    the outputs, so the result does not depend on ``workers`` (bit for bit); peak memory is
+    ``workers`` chunks.
     """
     chain, draw = draws.shape[:2]
     pix_shape = draws.shape[2:]
     flat = draws.reshape(chain, draw, -1)
     npix = flat.shape[2]
     outs = [np.empty(npix) for _ in range(n_out)]
-    for start in range(0, npix, chunk_size):
+
+    def run(start: int) -> None:
         block = np.ascontiguousarray(np.moveaxis(flat[:, :, start:start + chunk_size], 2, 0),
                                      dtype=np.float64)
         res = fn(block)
         res = res if isinstance(res, tuple) else (res,)
         for o, r in zip(outs, res, strict=True):
             o[start:start + block.shape[0]] = r
+
+    starts = range(0, npix, chunk_size)
+    if workers > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+            for _ in pool.map(run, starts):  # re-raises a chunk's exception here
+                pass
+    else:
+        for start in starts:
+            run(start)
     outs = [o.reshape(pix_shape) for o in outs]
     return outs[0] if n_out == 1 else tuple(outs)
 
@@ -140,8 +172,11 @@ def _chunked(fn, draws: np.ndarray, chunk_size: int, n_out: int = 1):
 # ---------------------------------------------------------------------------------------------
 def _split_chains(a: np.ndarray) -> np.ndarray:
     """``(P, M, n) -> (P, 2M, n // 2)``: first and last halves of each chain."""
-    half = a.shape[2] // 2
-    return np.concatenate([a[:, :, :half], a[:, :, a.shape[2] - half:]], axis=1)
+    p, m, n = a.shape
+    half = n // 2
+    if n % 2 == 0:  # the halves are consecutive: a view, no copy
+        return a.reshape(p, 2 * m, half)
+    return np.concatenate([a[:, :, :half], a[:, :, n - half:]], axis=1)
 
 
 def _tied_ranks(sorted_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -433,11 +468,14 @@ def _convergence_block(a: np.ndarray, which: tuple[str, ...],
 # public pixelwise maps
 # ---------------------------------------------------------------------------------------------
 def convergence_maps(samples: Any, which: tuple[str, ...] = ("rhat", "ess_bulk", "ess_tail"), *,
-                     chunk_size: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+                     chunk_size: int = DEFAULT_CHUNK,
+                     workers: int | None = None) -> dict[str, np.ndarray]:
     """Several convergence diagnostics per pixel in one pass (sorts shared between them).
 
     ``which`` is any of :data:`CONVERGENCE_QUANTITIES`; see :func:`rhat_map`, :func:`ess_map`
-    and :func:`mcse_mean_map` for their definitions.
+    and :func:`mcse_mean_map` for their definitions. ``workers`` threads process pixel chunks
+    in parallel (default: the CPU cores available to the process; the result does not depend
+    on it).
     """
     which = tuple(which)
     for k in which:
@@ -447,8 +485,9 @@ def convergence_maps(samples: Any, which: tuple[str, ...] = ("rhat", "ess_bulk",
     if not which:
         return {}
     chunk_size = _check_chunk(chunk_size)
+    workers = _check_workers(workers)
     res = _chunked(lambda blk: _convergence_block(blk, which), as_draws(samples), chunk_size,
-                   n_out=len(which))
+                   n_out=len(which), workers=workers)
     res = res if isinstance(res, tuple) else (res,)
     return dict(zip(which, res, strict=True))
 
@@ -459,15 +498,17 @@ def _check_chunk(chunk_size: Any) -> int:
     return int(chunk_size)
 
 
-def rhat_map(samples: Any, *, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+def rhat_map(samples: Any, *, chunk_size: int = DEFAULT_CHUNK,
+             workers: int | None = None) -> np.ndarray:
     """Rank-normalised split :math:`\\hat R` per pixel (Vehtari et al. 2021; = ``arviz.rhat``).
 
     NaN where there are fewer than 2 chains or 4 draws, or a pixel holds NaN.
     """
-    return convergence_maps(samples, ("rhat",), chunk_size=chunk_size)["rhat"]
+    return convergence_maps(samples, ("rhat",), chunk_size=chunk_size, workers=workers)["rhat"]
 
 
-def ess_map(samples: Any, method: str = "bulk", *, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+def ess_map(samples: Any, method: str = "bulk", *, chunk_size: int = DEFAULT_CHUNK,
+            workers: int | None = None) -> np.ndarray:
     """Effective sample size per pixel: ``method`` = ``"bulk"``, ``"tail"`` or ``"mean"``.
 
     Vehtari et al. (2021) bulk/tail ESS; ``"mean"`` is the classic ESS of split chains.
@@ -476,16 +517,18 @@ def ess_map(samples: Any, method: str = "bulk", *, chunk_size: int = DEFAULT_CHU
     if method not in ("bulk", "tail", "mean"):
         raise ValueError(f"method: unknown value {method!r}; expected one of ['bulk', 'mean', 'tail']")
     key = f"ess_{method}"
-    return convergence_maps(samples, (key,), chunk_size=chunk_size)[key]
+    return convergence_maps(samples, (key,), chunk_size=chunk_size, workers=workers)[key]
 
 
-def mcse_mean_map(samples: Any, *, chunk_size: int = DEFAULT_CHUNK) -> np.ndarray:
+def mcse_mean_map(samples: Any, *, chunk_size: int = DEFAULT_CHUNK,
+                  workers: int | None = None) -> np.ndarray:
     """Monte-Carlo standard error of the posterior mean, ``sd / sqrt(ESS_mean)`` per pixel."""
-    return convergence_maps(samples, ("mcse_mean",), chunk_size=chunk_size)["mcse_mean"]
+    return convergence_maps(samples, ("mcse_mean",), chunk_size=chunk_size,
+                            workers=workers)["mcse_mean"]
 
 
-def hdi_map(samples: Any, hdi_prob: float = 0.9, *,
-            chunk_size: int = DEFAULT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+def hdi_map(samples: Any, hdi_prob: float = 0.9, *, chunk_size: int = DEFAULT_CHUNK,
+            workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Highest-density interval per pixel: the shortest interval holding ``hdi_prob`` of the draws.
 
     With the :math:`S` pooled draws sorted, :math:`x_{(1)} \\le \\dots \\le x_{(S)}`, and
@@ -509,7 +552,7 @@ def hdi_map(samples: Any, hdi_prob: float = 0.9, *,
         rows = np.arange(srt.shape[0])
         return srt[rows, i], srt[rows, i + k]
 
-    return _chunked(fn, draws, _check_chunk(chunk_size), n_out=2)
+    return _chunked(fn, draws, _check_chunk(chunk_size), n_out=2, workers=_check_workers(workers))
 
 
 def _image(a: Any, name: str) -> np.ndarray:
@@ -546,8 +589,8 @@ def zscore_map(estimate: Any, truth: Any, std: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 # all maps of a Posterior
 # ---------------------------------------------------------------------------------------------
-def posterior_maps(posterior, hdi_prob: float = 0.9, *,
-                   chunk_size: int = DEFAULT_CHUNK) -> dict[str, np.ndarray]:
+def posterior_maps(posterior, hdi_prob: float = 0.9, *, chunk_size: int = DEFAULT_CHUNK,
+                   workers: int | None = None) -> dict[str, np.ndarray]:
     """All pixelwise maps that apply to ``posterior`` (a :class:`~bayesinv.infer.posterior.Posterior`).
 
     Returns a dict of ``(C, H, W)`` float64 arrays. Always ``"estimate"`` (the point
@@ -556,6 +599,7 @@ def posterior_maps(posterior, hdi_prob: float = 0.9, *,
     ``kind="markov"`` additionally ``rhat``. With a known truth: ``error`` (estimate − truth),
     ``abs_error`` and, where a std exists, ``zscore`` = ``|estimate − truth| / std``.
     Maps that need more draws than there are (HDI, ESS with < 4 draws) are left out.
+    ``workers`` threads share the pixel chunks (default: the available CPU cores).
     """
     from ..infer.posterior import Posterior
 
@@ -568,6 +612,7 @@ def posterior_maps(posterior, hdi_prob: float = 0.9, *,
     if not 0.0 < hdi_prob < 1.0:
         raise ValueError(f"hdi_prob: expected a probability in (0, 1), got {hdi_prob!r}")
     kind = posterior.kind
+    workers = _check_workers(workers)
     draws = as_draws(posterior.samples)
     out: dict[str, np.ndarray] = {"estimate": _image(posterior.point_estimate, "point_estimate")}
     nchain, ndraw = draws.shape[:2]
@@ -577,17 +622,17 @@ def posterior_maps(posterior, hdi_prob: float = 0.9, *,
             return f.mean(axis=1), np.median(f, axis=1), f.std(axis=1, ddof=1)
 
         out["mean"], out["median"], out["std"] = _chunked(moments, draws, _check_chunk(chunk_size),
-                                                          n_out=3)
+                                                          n_out=3, workers=workers)
         s = nchain * ndraw
         k = int(math.floor(hdi_prob * s))
         if 1 <= k < s:
-            lo, hi = hdi_map(draws, hdi_prob, chunk_size=chunk_size)
+            lo, hi = hdi_map(draws, hdi_prob, chunk_size=chunk_size, workers=workers)
             out.update(hdi_lower=lo, hdi_upper=hi, hdi_width=hi - lo)
         if ndraw >= 4:
             which = ("ess_bulk", "ess_tail", "mcse_mean")
             if kind == "markov" and nchain >= 2:
                 which = ("rhat", *which)
-            out.update(convergence_maps(draws, which, chunk_size=chunk_size))
+            out.update(convergence_maps(draws, which, chunk_size=chunk_size, workers=workers))
     if posterior.truth is not None:
         truth = _image(posterior.truth, "truth")
         out["error"] = out["estimate"] - truth
