@@ -283,4 +283,89 @@ def test_layer_bad_inputs():
     with pytest.raises(ValueError, match="latent_shape"):
         GaussianizationLayer((0, 4))
     with pytest.raises(ValueError, match="ica_iters"):
-        GaussianizationLayer((64,), ica_iters=0)
+        GaussianizationLayer((64,), ica_iters=-1)
+    with pytest.raises(ValueError, match="scale"):
+        GaussianizationLayer((64,), scale=0.0)
+    with pytest.raises(ValueError, match="scale"):
+        GaussianizationLayer((64,), group_size=4, scale=[1.0, 2.0])
+    with pytest.raises(ValueError, match="scale"):
+        GaussianizationLayer((64,), group_size=2, scale=[1.0, -2.0])
+    perm = torch.randperm(64)
+    with pytest.raises(ValueError, match="layout"):
+        GaussianizationLayer((64,), layout=((1, 4, 4), perm))  # 16 != 64 entries
+    with pytest.raises(ValueError, match="layout"):
+        GaussianizationLayer((64,), layout=((1, 8, 8), perm[:-1]))
+    with pytest.raises(ValueError, match="layout"):
+        GaussianizationLayer((64,), layout=((1, 8, 8), torch.zeros(64, dtype=torch.long)))
+    with pytest.raises(ValueError, match="layout"):
+        GaussianizationLayer((1, 8, 8), layout=((1, 8, 8), perm))
+    with pytest.raises(TypeError, match="layout"):
+        GaussianizationLayer((64,), layout=perm)
+
+
+def test_glow_latent_layout_is_the_squeeze_split_bookkeeping():
+    from bayesinv.flows.glow import Glow
+
+    flow = Glow((1, 8, 8), levels=2, steps=1, hidden=8)
+    shape, perm = flow.latent_layout()
+    assert shape == (1, 8, 8) and torch.equal(torch.sort(perm).values, torch.arange(64))
+    # level 1 moves the first 2 of the 4 sub-pixel channels of each 2x2 block to the latent:
+    # the sub-pixels (0, 0) and (0, 1), i.e. even rows; level 2's latent covers the odd rows
+    rows = perm // 8
+    assert bool((rows[:32] % 2 == 0).all()) and bool((rows[32:] % 2 == 1).all())
+    # the view is exact: an identity-weight flow would put latent k at pixel perm[k]
+    img = torch.arange(64.0).reshape(1, 1, 8, 8)
+    torch.testing.assert_close(img.flatten(1)[:, perm].float(), perm[None].float())
+
+
+def test_layer_on_flow_layout_and_scale(generator):
+    from bayesinv.flows.glow import Glow
+
+    flow = Glow((1, 16, 16), levels=2, steps=1, hidden=8)
+    z = _heavy_skewed_latent((2, 256), generator)
+    layer = GaussianizationLayer.for_prior(flow, patch_size=2, scale=0.6)
+    assert layer.group_size == 4 and layer.num_samples == 64
+    out = layer(z)
+    assert out.shape == z.shape and bool(torch.isfinite(out).all())
+    # groups are patches of the image-shaped view; the round trip is exact
+    torch.testing.assert_close(layer.from_groups(layer.to_groups(z)), z, rtol=0, atol=0)
+    _, perm = flow.latent_layout()
+    view = torch.empty_like(z)
+    view[:, perm] = z
+    view = view.reshape(2, 1, 16, 16)
+    torch.testing.assert_close(layer.to_groups(z)[:, 1], view[:, 0, 0:2, 2:4].reshape(2, -1))
+    # the samples of each group feature have mean 0 and std = scale
+    s = layer.to_groups(out)
+    torch.testing.assert_close(s.std(1, correction=0), torch.full((2, 4), 0.6, dtype=F64), rtol=0, atol=1e-10)
+    # the same as the image-latent layer applied to the view, times the scale
+    plain = GaussianizationLayer((1, 16, 16), patch_size=2)
+    torch.testing.assert_close(layer.to_groups(out), 0.6 * plain.to_groups(plain(view)))
+    # scale from example images: their latent RMS per patch feature
+    x = torch.rand(4, 1, 16, 16, generator=generator)
+    with torch.no_grad():
+        zx = flow.encode(x)[0].double()
+    from_images = GaussianizationLayer.for_prior(flow, images=x)
+    view = torch.empty_like(zx)
+    view[:, perm] = zx
+    view = view.reshape(4, 16, 16)
+    expect = torch.stack([view[:, a::2, b::2].pow(2).mean().sqrt() for a in (0, 1) for b in (0, 1)])
+    torch.testing.assert_close(from_images.scale, expect)
+    s2 = from_images.to_groups(from_images(z))
+    torch.testing.assert_close(s2.std(1, correction=0), expect.expand(2, 4), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="scale"):
+        GaussianizationLayer.for_prior(flow, images=x, scale=0.5)
+    with pytest.raises(TypeError, match="images"):
+        GaussianizationLayer.for_prior(flow, images=x.numpy())
+    # whitening only (ica_iters=0): uncorrelated unit-variance features, no rotation
+    w = GaussianizationLayer.for_prior(flow, 2, ica_iters=0, yeo_johnson=False, lambert_w=False)
+    g = w.to_groups(w(z))[0]
+    torch.testing.assert_close(g.T @ g / g.shape[0], torch.eye(4, dtype=F64), rtol=0, atol=1e-3)
+
+
+def test_layer_gradcheck_on_flow_layout():
+    torch.manual_seed(2)
+    perm = torch.randperm(32)
+    z = torch.distributions.StudentT(3.0).sample((1, 32)).to(F64)
+    layer = GaussianizationLayer((32,), patch_size=1, layout=((2, 4, 4), perm), scale=0.7)
+    assert torch.autograd.gradcheck(layer, (z.requires_grad_(True),), fast_mode=True, eps=1e-6,
+                                    atol=1e-5)

@@ -112,6 +112,27 @@ class MultiscaleCore(nn.Module):
         zs.append(h.flatten(1))
         return torch.cat(zs, dim=1), ld
 
+    def latent_layout(self) -> Tensor:
+        """Where each flat latent entry sits in the image: ``perm (D,)``, ``z = z_img.flatten()[perm]``.
+
+        The image-shaped view of the latent puts each entry at the pixel it occupies when every
+        flow step is the identity (the squeeze/split bookkeeping alone): level :math:`l`'s
+        latent channels are un-squeezed back to full resolution. Neighbouring pixels of
+        ``z_img`` are latent entries that describe neighbouring image regions, so patches of it
+        are meaningful groups (Li et al. 2023 Gaussianize patches of this view).
+        """
+        c, h, w = self.image_shape
+        index = torch.arange(c * h * w, dtype=torch.float64).reshape(1, c, h, w)
+        zs: list[Tensor] = []
+        for lev in range(self.levels):
+            index, _ = self.squeeze.inverse_and_ladj(index)
+            s = self.split_sizes[lev]
+            if s:
+                zs.append(index[:, :s].flatten(1))
+                index = index[:, s:]
+        zs.append(index.flatten(1))
+        return torch.cat(zs, dim=1)[0].round().long()
+
     def generate(self, z: Tensor, feats: Sequence[Tensor | None] | None = None) -> tuple[Tensor, Tensor]:
         """Flat ``z (N, D)`` → ``x (N, C, H, W)`` and :math:`\\log|\\det\\partial x/\\partial z|`."""
         n = z.shape[0]
@@ -224,6 +245,15 @@ class Glow(LadjCacheMixin, TransformModule):
         lead = x.shape[:-3]
         z, ld = self.core.encode(x.reshape(-1, *self.image_shape))
         return z.reshape(*lead, -1), ld.reshape(lead)
+
+    def latent_layout(self) -> tuple[Shape, Tensor]:
+        """Image-shaped view of the flat latent: ``(image_shape, perm)``, ``z = z_img.flatten(1)[:, perm]``.
+
+        See :meth:`MultiscaleCore.latent_layout`; used by
+        :meth:`~bayesinv.gaussianize.GaussianizationLayer.for_prior` to Gaussianize patches of
+        the latent.
+        """
+        return self.image_shape, self.core.latent_layout()
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log density of images ``(..., C, H, W)`` → ``(...)``."""
