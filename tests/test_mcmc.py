@@ -84,6 +84,32 @@ def test_nuts_on_latent_matches_closed_form(case):
     assert set(post.sample_stats) >= {"accept_prob", "step_size", "diverging", "num_steps", "tree_depth", "lp"}
 
 
+def test_nuts_with_laplace_mass_matches_closed_form(case):
+    # linear-Gaussian: the Gauss-Newton Laplace covariance is the exact latent posterior
+    # covariance, so the preconditioned posterior is N(0, I) and NUTS takes ~unit steps
+    from bayesinv.infer.laplace import latent_gauss_newton_hessian, latent_laplace_covariance
+
+    z = torch.zeros(case.problem.prior.latent_shape)
+    hess = latent_gauss_newton_hessian(case.problem, z)
+    # brute-force check of H on the linear-Gaussian case: J = A L (L the prior's factor)
+    def fwd(v):
+        return case.problem.operator(case.problem.prior.generate(v[None])).reshape(-1)
+    jac = torch.autograd.functional.jacobian(fwd, z).reshape(-1, z.numel()).double()
+    sigma = case.problem.noise.sigma
+    torch.testing.assert_close(hess, jac.T @ jac / sigma**2 + torch.eye(z.numel(), dtype=torch.float64))
+    cov = latent_laplace_covariance(case.problem, z)
+    torch.testing.assert_close(cov @ hess, torch.eye(z.numel(), dtype=torch.float64), atol=1e-8, rtol=0)
+    post = sample_posterior(case.problem, case.y, kernel="nuts", num_chains=1, num_samples=300,
+                            warmup_steps=100, seed=3, inverse_mass_matrix="laplace")
+    _check_moments(post, case.mean, case.covariance, "nuts-laplace")
+    assert post.settings["inverse_mass_matrix"] == "laplace" and post.settings["dense_mass"]
+    plain = sample_posterior(case.problem, case.y, kernel="nuts", num_chains=1, num_samples=50,
+                             warmup_steps=100, seed=3, adapt_mass_matrix=False)
+    # measured: step 0.73 with the Laplace metric vs 0.30 with the identity, 6.4 vs 13.2 leapfrogs
+    assert post.settings["final_step_size"][0] > 2 * plain.settings["final_step_size"][0]
+    assert float(post.sample_stats["num_steps"].float().mean()) < float(plain.sample_stats["num_steps"].float().mean())
+
+
 def test_mala_on_image_matches_closed_form_and_adapts(case):
     post = sample_posterior(case.problem, case.y, kernel="mala", num_chains=1, num_samples=3000,
                             warmup_steps=400, seed=1)
@@ -255,6 +281,18 @@ def test_nan_guard_names_the_step_size(case):
 
 def test_bad_inputs_name_the_argument(case):
     p, y = case.problem, case.y
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        sample_posterior(case.problem, case.y, kernel="nuts", inverse_mass_matrix="diag")
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        sample_posterior(case.problem, case.y, kernel="mala", inverse_mass_matrix="laplace")
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        sample_posterior(case.problem, case.y, kernel="nuts", num_samples=2, warmup_steps=1,
+                         init="zeros", inverse_mass_matrix=torch.eye(5))
+    with pytest.raises(ValueError, match="inverse_mass_matrix"):
+        sample_posterior(case.problem, case.y, kernel="nuts", num_samples=2, warmup_steps=1,
+                         init="zeros", inverse_mass_matrix=-torch.eye(12))
+    with pytest.raises(TypeError, match="inverse_mass_matrix"):
+        sample_posterior(case.problem, case.y, kernel="nuts", inverse_mass_matrix=np.eye(12))
     quick = dict(num_samples=5, warmup_steps=5, init="zeros")
     with pytest.raises(ValueError, match="kernel"):
         sample_posterior(p, y, kernel="gibbs", **quick)
