@@ -159,19 +159,15 @@ def _preconditioned_affine_class():
 def laplace_scale_tril(problem, z: Tensor) -> Tensor:
     r"""Cholesky factor of the Gauss–Newton Laplace covariance of the latent posterior at ``z``.
 
-    :math:`H = J^\top J/\sigma^2 + I` with :math:`J = \partial A(G(z))/\partial z` (``M × D``,
-    by autograd), and ``L`` lower triangular with :math:`LL^\top = H^{-1}` (float64). ``z`` may be
-    a batch ``(K, D)``: then :math:`H` is averaged over the ``K`` points (amortised init).
+    :math:`H = J^\top J/\sigma^2 + I` (:func:`bayesinv.infer.laplace.latent_gauss_newton_hessian`)
+    and ``L`` lower triangular with :math:`LL^\top = H^{-1}` (float64). ``z`` may be a batch
+    ``(K, D)``: then :math:`H` is averaged over the ``K`` points (amortised init).
     """
+    from bayesinv.infer.laplace import latent_gauss_newton_hessian
+
     shape = tuple(problem.prior.latent_shape)
     zs = z.reshape(-1, math.prod(shape)).detach()
-    sigma = problem.noise.sigma
-    hess = torch.eye(zs.shape[1], dtype=torch.float64)
-    for zk in zs:
-        def fwd(v: Tensor) -> Tensor:
-            return problem.operator(problem.prior.generate(v.reshape(1, *shape))).reshape(-1)
-        jac = torch.autograd.functional.jacobian(fwd, zk, vectorize=True).double()
-        hess = hess + jac.T @ jac / (sigma ** 2 * zs.shape[0])
+    hess = sum(latent_gauss_newton_hessian(problem, zk.reshape(shape)) for zk in zs) / zs.shape[0]
     cov = torch.cholesky_inverse(torch.linalg.cholesky(hess))
     return torch.linalg.cholesky(0.5 * (cov + cov.T))
 
