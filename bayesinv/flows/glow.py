@@ -178,6 +178,8 @@ class Glow(LadjCacheMixin, TransformModule):
     seed
         Seed of the parameter initialisation (1×1 conv rotations, subnet weights).
 
+    Notes
+    -----
     As a Pyro transform it maps the latent (event dim 1) to the image (event dim 3):
     ``TransformedDistribution(Normal(0, 1).expand((D,)).to_event(1), [glow])`` is the flow's
     distribution, with the same ``log_prob`` as :meth:`log_prob`.

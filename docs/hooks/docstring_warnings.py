@@ -13,14 +13,7 @@ from __future__ import annotations
 import logging
 
 #: (source location prefix, message fragment) of warnings to demote, with the reason.
-KNOWN: tuple[tuple[str, str], ...] = (
-    # Glow's class docstring continues with a paragraph ("As a Pyro transform it maps ...")
-    # inside its Parameters section, which the numpy parser reads as parameter entries.
-    ("bayesinv/flows/glow.py:", "'As'"),
-    ("bayesinv/flows/glow.py:", "'distribution'"),
-    ("bayesinv/flows/glow.py:", "'with'"),
-    ("bayesinv/flows/glow.py:", "TransformedDistribution(Normal(0, 1)"),
-)
+KNOWN: tuple[tuple[str, str], ...] = ()
 
 LOGGERS = ("mkdocs.plugins.griffe", "griffe")
 
