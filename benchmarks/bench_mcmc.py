@@ -54,7 +54,7 @@ N_ANGLES = 8
 SIGMA = 0.3
 MAX_TREE_DEPTH = 5
 PRIOR = "glow_phantom32"
-FULL = {"num_chains": 4, "warmup": 100, "samples": 150, "peer_chains": 2, "peer_warmup": 50,
+FULL = {"num_chains": 4, "warmup": 150, "samples": 1000, "peer_chains": 2, "peer_warmup": 50,
         "peer_samples": 60, "map_steps": 10}
 QUICK = {"num_chains": 2, "warmup": 10, "samples": 10, "peer_chains": 2, "peer_warmup": 5,
          "peer_samples": 5, "map_steps": 3}
@@ -162,6 +162,29 @@ def run_peer(problem, y, truth, x_map: torch.Tensor, cfg: dict[str, Any]) -> dic
     return res
 
 
+def markdown(result: dict[str, Any]) -> str:
+    """The result as a Markdown table (ours vs peer)."""
+    lines = [f"# MCMC: {result['benchmark']}" + (" (quick mode)" if result["quick"] else ""), "",
+             f"Operator {result['operator']}, σ = {result['sigma']}, prior `{result['prior']}`, "
+             f"tree depth ≤ {result['max_tree_depth']}; criteria: R-hat < "
+             f"{result['criteria']['rhat_lt']} and bulk ESS > {result['criteria']['ess_bulk_gt']} "
+             "per pixel. Settings: `" + json.dumps(result["config"]) + "`.", "",
+             "| sampler | chains × draws | R-hat < 1.01 (% px) | ESS > 400 (% px) | both (% px) | "
+             "median ESS | 5% ESS | wall (s) | CPU (s) | median ESS / CPU s | mean PSNR (dB) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for label, key in (("ours: NUTS on latents", "ours_latent_nuts"),
+                       ("peer: Pyro NUTS on pixels", "peer_pixel_nuts")):
+        r = result[key]
+        lines.append(f"| {label} | {r['chains']} × {r['draws_per_chain']} | "
+                     f"{100 * r['frac_rhat_lt_1.01']:.1f} | {100 * r['frac_ess_bulk_gt_400']:.1f} | "
+                     f"{100 * r['frac_both']:.1f} | {r['ess_bulk_median']:.0f} | {r['ess_bulk_q05']:.0f} | "
+                     f"{r['wall_s']:.0f} | {r['cpu_s']:.0f} | {r['ess_bulk_median_per_cpu_s']:.3f} | "
+                     f"{r['posterior_mean_psnr']:.2f} |")
+    lines += ["", f"ESS per second, ours/peer: {result['ess_per_s_ratio_ours_over_peer']:.2f} wall, "
+              f"{result['ess_per_cpu_s_ratio_ours_over_peer']:.2f} per CPU second.", ""]
+    return "\n".join(lines)
+
+
 def main(quick: bool = False, *, out: str | Path | None = "default") -> dict[str, Any]:
     """Run the benchmark (``quick``: 2 short chains each); returns the results dict.
 
@@ -196,6 +219,7 @@ def main(quick: bool = False, *, out: str | Path | None = "default") -> dict[str
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(result, indent=2) + "\n")
+        path.with_suffix(".md").write_text(markdown(result))
     for name, r in (("ours: NUTS on latents", ours), ("peer: Pyro NUTS on pixels", peer)):
         print(f"{name}: {r['chains']}x{r['draws_per_chain']} draws, {r['wall_s']:.0f} s wall "
               f"({r['cpu_s']:.0f} s cpu); R-hat<1.01: {100 * r['frac_rhat_lt_1.01']:.1f}% px, "
