@@ -72,6 +72,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -81,15 +82,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._peers import (  # noqa: E402
+    DEEPINV_UNAVAILABLE,
+    TEST_SEED,
+    patchnr_ct_problem,
+    ratio_word,
+    write_results,
+)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "langevin"
-DEEPINV_NOTE = (
-    "deepinv not used: deepinv 0.5.0 requires torchvision; the only torchvision wheel that "
-    "installs beside torch 2.13.0+cpu is 0.28.0, and `import torchvision` then fails with "
-    "`RuntimeError: operator torchvision::nms does not exist` (the wheel is built against the "
-    "CUDA torch). Peer: deepinv's ULA/MALA iteration as a minimal plain-torch loop on the same "
-    "potential.")
-TEST_SEED = 10_000
+DEEPINV_NOTE = DEEPINV_UNAVAILABLE + (" Peer: deepinv's ULA/MALA iteration as a minimal "
+                                      "plain-torch loop on the same potential.")
 SIZE, N_ANGLES, SIGMA, PAD = 64, 30, 1.0, 4
 LAM = 6000.0
 ULA_STEP, ULA_PATCHES = 2e-7, 1000
@@ -170,18 +176,7 @@ def sample_posterior_chain_seed(seed: int) -> int:
 # -- problem and runners -----------------------------------------------------------------------------
 def build(n_patches: int | None, lam: float = LAM):
     """The problem, measurement, start, truth and the scalar potential ``U(x)`` for ``(C, H, W)``."""
-    from bayesinv.data.images import ellipse_phantoms
-    from bayesinv.data.pretrained import load_flow_weights
-    from bayesinv.operators.tomography import Radon
-    from bayesinv.priors.patchnr import PatchNRPrior
-    from bayesinv.problem import InverseProblem
-
-    flow = load_flow_weights("patchnr_ct")
-    op = Radon.sparse_view((1, SIZE, SIZE), n_angles=N_ANGLES)
-    truth = ellipse_phantoms(1, SIZE, seed=TEST_SEED)
-    problem = InverseProblem(op, PatchNRPrior(flow, (1, SIZE, SIZE), lam, n_patches=n_patches,
-                                              pad=PAD), noise=SIGMA)
-    y = problem.simulate(truth, seed=TEST_SEED + 1)
+    _, op, truth, y, problem = patchnr_ct_problem(SIZE, N_ANGLES, SIGMA, lam, n_patches, PAD)
     with torch.no_grad():
         x0 = op.init_estimate(y)[0].clamp(0, 1)
 
@@ -353,21 +348,8 @@ def main(quick: bool = False, out_dir: str | Path | None = RESULTS_DIR) -> dict[
         "wall_time_s": time.perf_counter() - t0,
     }
     result["verdict"] = verdict(result)
-    if out_dir is not None:
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        stem = f"{NAME}.quick" if quick else NAME
-        (d / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
-        (d / f"{stem}.md").write_text(markdown(result))
+    write_results(result, out_dir, NAME, quick, markdown)
     return result
-
-
-def _word(ratio: float) -> str:
-    if ratio > 1.1:
-        return "we are faster"
-    if ratio < 0.9:
-        return "the peer is faster"
-    return "parity within the ±10% run-to-run noise"
 
 
 def verdict(r: dict[str, Any]) -> str:
@@ -377,7 +359,7 @@ def verdict(r: dict[str, Any]) -> str:
         k = r[kind]
         med, best = (k["ratio_ours_sample_posterior_over_peer_cpu"],
                      k["ratio_ours_sample_posterior_over_peer_cpu_best"])
-        word = _word(best) if _word(best) == _word(med) else _word(1.0)  # disagreeing: noise
+        word = ratio_word(best) if ratio_word(best) == ratio_word(med) else ratio_word(1.0)  # disagreeing: noise
         parts.append(f"{kind.upper()}: sample_posterior/peer = {med:.2f} it/s (cpu, median; best "
                      f"run {best:.2f}), {word}.")
     return " ".join(parts)

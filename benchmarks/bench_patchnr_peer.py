@@ -85,6 +85,7 @@ import json
 import math
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -94,15 +95,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+if __package__ in (None, ""):  # run as a script: make the `benchmarks` package importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._peers import (  # noqa: E402
+    DEEPINV_UNAVAILABLE,
+    TEST_SEED,
+    patchnr_ct_problem,
+    ratio_word,
+    write_results,
+)
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 NAME = "patchnr_peer"
-DEEPINV_NOTE = (
-    "deepinv not used: deepinv 0.5.0 requires torchvision; the only torchvision wheel that "
-    "installs beside torch 2.13.0+cpu is 0.28.0, and `import torchvision` then fails with "
-    "`RuntimeError: operator torchvision::nms does not exist` (the wheel is built against the "
-    "CUDA torch). Peer: a FrEIA implementation of the reference patchNR architecture, as the "
-    "issue allows.")
-TEST_SEED = 10_000
+DEEPINV_NOTE = DEEPINV_UNAVAILABLE + (" Peer: a FrEIA implementation of the reference patchNR "
+                                      "architecture, as the issue allows.")
 SIZE, N_ANGLES, SIGMA = 64, 30, 1.0
 LAM, N_PATCHES, PAD, LR = 10.0, 1000, 4, 0.01
 FULL = {"steps": 300, "repeats": 3, "n_cost": 4000, "cost_repeats": 7, "ref_hidden": 512}
@@ -280,19 +286,7 @@ def peer_map(inn: nn.Module, operator: Callable[[Tensor], Tensor], y: Tensor, x0
 # -- the benchmark -----------------------------------------------------------------------------------
 def build_problem():
     """Operator, truth, measurement and our :class:`~bayesinv.InverseProblem` (shipped flow)."""
-    from bayesinv.data.images import ellipse_phantoms
-    from bayesinv.data.pretrained import load_flow_weights
-    from bayesinv.operators.tomography import Radon
-    from bayesinv.priors.patchnr import PatchNRPrior
-    from bayesinv.problem import InverseProblem
-
-    flow = load_flow_weights("patchnr_ct")
-    op = Radon.sparse_view((1, SIZE, SIZE), n_angles=N_ANGLES)
-    truth = ellipse_phantoms(1, SIZE, seed=TEST_SEED)
-    problem = InverseProblem(op, PatchNRPrior(flow, (1, SIZE, SIZE), LAM, n_patches=N_PATCHES,
-                                              pad=PAD), noise=SIGMA)
-    y = problem.simulate(truth, seed=TEST_SEED + 1)
-    return flow, op, truth, y, problem
+    return patchnr_ct_problem(SIZE, N_ANGLES, SIGMA, LAM, N_PATCHES, PAD)
 
 
 class _Recorder:
@@ -498,23 +492,8 @@ def main(quick: bool = False, out_dir: str | Path | None = RESULTS_DIR) -> dict[
     result["verdict"] = verdict(result)
     if abs(e_ours_same - e_peer) > 1e-4 * max(abs(e_ours_same), 1.0):
         raise AssertionError(f"ours and the peer disagree on the same patches: {e_ours_same} vs {e_peer}")
-    if out_dir is not None:
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        stem = f"{NAME}.quick" if quick else NAME
-        (d / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str))
-        (d / f"{stem}.md").write_text(markdown(result))
+    write_results(result, out_dir, NAME, quick, markdown)
     return result
-
-
-def _word(ratio: float | None) -> str:
-    if ratio is None:
-        return "not measured"
-    if ratio > 1.1:
-        return "we are faster"
-    if ratio < 0.9:
-        return "the peer is faster"
-    return "parity within the ±10% run-to-run noise"
 
 
 def verdict(r: dict[str, Any]) -> str:
@@ -525,10 +504,10 @@ def verdict(r: dict[str, Any]) -> str:
     its = (f" (median iterations to target: ours {statistics.median(it_o):g}, peer "
            f"{statistics.median(it_p):g})") if it_o and it_p else ""
     return (f"Per iteration (cpu): ratio {q['per_iteration_cpu']:.2f}, "
-            f"{_word(q['per_iteration_cpu'])}. Time to {r['target_psnr']:.2f} dB (cpu): ratio "
-            f"{_fmt(q['time_to_target_cpu'], '.2f')}, {_word(q['time_to_target_cpu'])}{its}. "
+            f"{ratio_word(q['per_iteration_cpu'])}. Time to {r['target_psnr']:.2f} dB (cpu): ratio "
+            f"{_fmt(q['time_to_target_cpu'], '.2f')}, {ratio_word(q['time_to_target_cpu'])}{its}. "
             f"Regulariser at width {c['hidden']}: ratio {c['ratio_freia_reference_over_ours']:.2f}, "
-            f"{_word(c['ratio_freia_reference_over_ours'])}.")
+            f"{ratio_word(c['ratio_freia_reference_over_ours'])}.")
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
