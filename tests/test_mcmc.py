@@ -130,6 +130,24 @@ def test_mala_with_energy_prior_matches_closed_form(case):
     _check_moments(post, case.mean, case.covariance, "mala-energy")
 
 
+@pytest.mark.parametrize("kernel", ["ula", "mala"])
+def test_langevin_chain_evaluates_the_gradient_once_per_step(case, kernel):
+    """One potential+gradient per Langevin step, plus one at x0 (setup's cached value is reused)."""
+    calls = [0]
+    problem = InverseProblem(case.problem.operator, case.problem.prior, case.problem.noise.sigma)
+    original = problem.potential
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    problem.potential = counted
+    n = 7
+    sample_posterior(problem, case.y, kernel=kernel, step_size=1e-3, adapt_step_size=False,
+                     num_chains=1, num_samples=n, warmup_steps=0, seed=0, init="zeros")
+    assert calls[0] == 1 + n
+
+
 def test_ula_matches_its_own_biased_stationary_law(case):
     r"""ULA on N(m, P^{-1}) is stationary at N(m, (P - delta P^2 / 2)^{-1}) (AR(1) recursion)."""
     precision = torch.linalg.inv(case.covariance)

@@ -541,6 +541,8 @@ def _run_chain(spec: _Spec, chain: int, init: Tensor, chain_seed: int) -> dict[s
             kernel.mass_matrix_adapter.inverse_mass_matrix = {(spec.site,): spec.inverse_mass}
             if spec.adapt_step_size:  # a reasonable first step for the new metric
                 kernel._adapter.reset_step_size_adaptation(params)
+    if not latent:  # the Langevin kernels cache (x0, U, ∇U) from setup on their own copy of x0
+        params = {spec.site: kernel.initial_params[spec.site]}
     t0 = time.perf_counter()
     desc = f"{spec.kernel.upper()} chain {chain}"
     with progress_bar(n_iter, desc, spec.progress) as bar, pyro.validation_enabled(False):
