@@ -120,3 +120,16 @@ def test_bench_mcmc_quick(tmp_path):
                        r["posterior_mean_psnr"])
     assert res["ours_latent_nuts"]["chains"] == 2
     assert _finite(res["ess_per_s_ratio_ours_over_peer"])
+
+
+def test_bench_latent_map_tasks_carry_their_noise_level():
+    from benchmarks.bench_latent_map import build_tasks, main
+
+    for sigma in (0.01, 0.05):
+        for task in build_tasks(2, 1, cs=False, sigma=sigma):
+            assert task.sigma == sigma and f"sigma {sigma:g}" in task.description
+            with torch.no_grad():
+                resid = task.y_test - task.operator(task.x_test)
+            assert abs(float(resid.std()) / sigma - 1.0) < 0.1
+    with pytest.raises(ValueError, match="sigma"):
+        main(quick=True, sigma=-0.1, out_dir=None)
