@@ -247,6 +247,8 @@ def test_langevin_main_tiny(tmp_path, monkeypatch):
     assert not (tmp_path / "langevin.json").exists()
     for kind in ("ula", "mala"):
         assert res[kind]["checks"]["ours_kernel"]["chain_max_abs_diff"] == 0.0
+        # one gradient per step: sample_posterior's chain is the unshifted peer chain
+        assert res[kind]["checks"]["ours_sample_posterior"]["chain_max_abs_diff"] == 0.0
         assert res[kind]["ratio_ours_sample_posterior_over_peer_cpu"] > 0
     assert res["threads"] == 1 and "torchvision::nms" in res["deepinv"]
 
