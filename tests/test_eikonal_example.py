@@ -128,35 +128,231 @@ def test_std_ratios_on_a_map_with_unreached_rows(example):
     assert out2["ray_density_std_spearman"] > 0.5 and out2["ratio_unreached_vs_reached"] < 1.0
 
 
-def test_whitened_latent_prior_is_the_same_posterior(example):
-    # z = z_map + L^{-T} w: generate / latent log-prob / encode are those of the base flow at z(w)
-    from bayesinv.flows.glow import Glow
-    from bayesinv.priors.base import standard_normal_log_prob
-    from bayesinv.priors.flow import FlowPrior
+def test_laplace_draws_match_the_exact_linear_gaussian_posterior(example):
+    # for a linear A and a Gaussian latent prior the Gauss-Newton Laplace approximation is exact:
+    # the pushed-through draws have the closed-form posterior mean and covariance
+    from bayesinv.infer.laplace import latent_laplace_covariance
+    from bayesinv.testing import linear_gaussian_problem
 
-    torch.manual_seed(0)
-    base = FlowPrior(Glow((1, 8, 8), levels=2, steps=2, hidden=8)).eval()
-    with torch.no_grad():  # the first encode runs the data-dependent ActNorm initialisation
-        base.encode(torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(4)))
-    d = base.latent_shape
-    n = int(torch.tensor(d).prod())
-    a = torch.randn(n, n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    chol = torch.linalg.cholesky(a @ a.T / n + torch.eye(n, dtype=torch.float64))
-    z_map = torch.randn(d, generator=torch.Generator().manual_seed(2))
-    wp = example.WhitenedLatentPrior(base, z_map, chol)
-    w = torch.randn((3, *d), generator=torch.Generator().manual_seed(3))
-    z = wp.latent(w)
-    # L^T (z - z_map) = w
-    torch.testing.assert_close(((z - z_map).reshape(3, -1).double() @ chol).float().reshape(w.shape),
-                               w, rtol=1e-4, atol=1e-4)
-    with torch.no_grad():
-        torch.testing.assert_close(wp.generate(w), base.generate(z))
-        torch.testing.assert_close(wp.latent_log_prob(w), standard_normal_log_prob(z, len(d)))
-        w_back, _ = wp.encode(wp.generate(w))
-        torch.testing.assert_close(w_back, w, rtol=1e-3, atol=1e-3)
-        x = wp.generate(w)
-        torch.testing.assert_close(wp.log_prob(x), base.log_prob(x))
-    torch.testing.assert_close(wp.latent(torch.zeros(d)), z_map)
+    case = linear_gaussian_problem((1, 4, 4), sigma=0.1, seed=3)
+    z_map, _ = case.problem.prior.encode(case.mean.reshape(1, 1, 4, 4))
+    cov = latent_laplace_covariance(case.problem, z_map[0])
+    n = 8000
+    x = example.laplace_draws(case.problem, z_map[0], cov, n, seed=0).reshape(n, -1)
+    assert x.dtype == torch.float64
+    err = (x.mean(0) - case.mean) / case.std
+    assert float(err.abs().max()) < 4.5 / n**0.5  # MC error of the mean, per pixel
+    emp = torch.cov(x.T)
+    rel = float((emp - case.covariance).norm() / case.covariance.norm())
+    assert rel < 0.06  # measured 0.018; the MC error of a 16x16 covariance from 8000 draws
+    # the wrong covariance (the prior's) is far off: the check can fail
+    prior_cov = torch.cov(case.problem.prior.sample(n, generator=torch.Generator().manual_seed(1))
+                          .reshape(n, -1).T)
+    assert float((prior_cov - case.covariance).norm() / case.covariance.norm()) > 0.5
+
+
+def test_chain_starts_spread_as_the_scaled_laplace_covariance(example):
+    d = 6
+    a = torch.randn(d, d, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cov = a @ a.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    z_map = torch.randn(1, 2, 3, generator=torch.Generator().manual_seed(1))
+    at_map = example.chain_starts(z_map, cov, 4, 0.0, seed=0)
+    assert at_map.shape == (4, 1, 2, 3) and bool((at_map == z_map).all())
+    z = example.chain_starts(z_map, cov, 20_000, 0.3, seed=0).reshape(20_000, d).double()
+    torch.testing.assert_close(z.mean(0), z_map.reshape(d).double(), rtol=0, atol=0.02)
+    emp = torch.cov(z.T)
+    assert float((emp - 0.09 * cov).norm() / (0.09 * cov).norm()) < 0.05
+    z4 = example.chain_starts(z_map, cov, 4, 0.3, seed=5)
+    assert float(torch.cdist(z4.reshape(4, -1), z4.reshape(4, -1)).add(torch.eye(4)).min()) > 0
+    with pytest.raises(ValueError, match="scale"):
+        example.chain_starts(z_map, cov, 4, -0.1, seed=0)
+    with pytest.raises(ValueError, match="cov"):
+        example.chain_starts(z_map, cov[:5, :5], 4, 0.1, seed=0)
+    with pytest.raises(ValueError, match="num_chains"):
+        example.chain_starts(z_map, cov, 0, 0.1, seed=0)
+
+
+def _two_region_draws(chains, draws, ratio, seed, rho=0.0, reps=None):
+    """Gaussian draws on a 4x4 image: variance ``ratio`` on the left half, 1 on the right; AR(1)
+    in the draw index with coefficient ``rho`` (stationary start)."""
+    lead = (chains,) if reps is None else (reps, chains)
+    gen = torch.Generator().manual_seed(seed)
+    sd = torch.ones(4, 4, dtype=torch.float64)
+    sd[:, :2] = ratio ** 0.5
+    eps = torch.randn(*lead, draws, 4, 4, generator=gen, dtype=torch.float64)
+    x = torch.empty_like(eps)
+    t_axis = len(lead)
+    x.select(t_axis, 0).copy_(eps.select(t_axis, 0))
+    for t in range(1, draws):
+        x.select(t_axis, t).copy_(rho * x.select(t_axis, t - 1)
+                                  + (1 - rho**2) ** 0.5 * eps.select(t_axis, t))
+    left = torch.zeros(4, 4, dtype=torch.bool)
+    left[:, :2] = True
+    return x * sd + 3.0, left
+
+
+def test_std_ratio_interval_covers_the_true_ratio_on_iid_draws(example):
+    x, left = _two_region_draws(4, 100, 4.0, seed=0, reps=300)
+    hits, excl = 0, 0
+    for r in range(300):
+        out = example.std_ratio_mc(x[r], left, ~left)
+        hits += out["ci"][0] <= 4.0 <= out["ci"][1]
+        excl += out["excludes_one"]
+        assert out["std_ci"][0] < out["std_ratio"] < out["std_ci"][1]
+    assert 0.91 <= hits / 300 <= 0.985  # nominal 0.95; measured 0.963
+    assert excl == 300  # a ratio of 4 from 400 draws x 8 pixels is never mistaken for 1
+    out = example.std_ratio_mc(x[0], left, ~left)
+    assert out["n_num"] == out["n_den"] == 8
+    assert out["std_ratio"] == pytest.approx(out["ratio"] ** 0.5)
+    assert out["std_ci"] == pytest.approx([v ** 0.5 for v in out["ci"]])  # same coverage
+    assert out["std_se"] == pytest.approx(out["se"] / (2 * out["std_ratio"]))
+    assert out["std_ratio"] == pytest.approx(2.0, rel=0.15)
+    # i.i.d. chains: R-hat ~ 1 and ESS ~ the number of draws
+    for k in ("num", "den"):
+        assert out[k]["rhat"] < 1.05
+        assert 250 < out[k]["ess_bulk"] < 600 and 250 < out[k]["ess_mean"] < 600
+    # the per-region means are the pooled variances (1/N normaliser) averaged over the pixels
+    v = x[0].reshape(400, 4, 4).var(0, unbiased=False)
+    assert out["num"]["mean"] == pytest.approx(float(v[left].mean()), rel=1e-10)
+    assert out["den"]["mean"] == pytest.approx(float(v[~left].mean()), rel=1e-10)
+    # prior-normalised: dividing by the per-pixel scale of the truth gives a ratio ~ 1
+    sd = torch.where(left, 2.0, 1.0).double()
+    flat = example.std_ratio_mc(x[0], left, ~left, scale=sd)
+    assert flat["ci"][0] < 1.0 < flat["ci"][1] and not flat["excludes_one"]
+
+
+def test_ratio_of_means_ess_of_ar1_chains(example):
+    # a stationary AR(1) series has ESS = N (1 - rho) / (1 + rho) (Geyer 1992)
+    n, rho = 4 * 4000, 0.8
+    gen = torch.Generator().manual_seed(2)
+    a = torch.empty(4, 4000, dtype=torch.float64)
+    e = torch.randn(4, 4000, generator=gen, dtype=torch.float64)
+    a[:, 0] = e[:, 0]
+    for t in range(1, 4000):
+        a[:, t] = rho * a[:, t - 1] + (1 - rho**2) ** 0.5 * e[:, t]
+    b = 1.0 + 0.0 * a + 0.1 * torch.randn(4, 4000, generator=gen, dtype=torch.float64)
+    out = example.ratio_of_means(a + 5.0, b)
+    expected = n * (1 - rho) / (1 + rho)  # 1778
+    assert out["num"]["ess_mean"] == pytest.approx(expected, rel=0.2)
+    assert out["num"]["ess_bulk"] == pytest.approx(expected, rel=0.25)
+    assert out["den"]["ess_mean"] == pytest.approx(n, rel=0.2)  # the i.i.d. series
+    # MCSE of the mean = sd / sqrt(ESS)
+    assert out["num"]["mcse"] == pytest.approx(float((a + 5).std()) / out["num"]["ess_mean"] ** 0.5,
+                                               rel=1e-6)
+
+
+def test_std_ratio_interval_accounts_for_autocorrelation(example):
+    # AR(1) draws (rho = 0.9, so the squared deviations have lag-1 correlation 0.81): the
+    # ESS-based interval keeps its coverage, the i.i.d. formula would not
+    x, left = _two_region_draws(4, 400, 2.0, seed=1, rho=0.9, reps=150)
+    hits, naive_hits = 0, 0
+    for r in range(150):
+        dn = example.region_sq_deviations(x[r], left)
+        dd = example.region_sq_deviations(x[r], ~left)
+        out = example.ratio_of_means(dn, dd)
+        hits += out["ci"][0] <= 2.0 <= out["ci"][1]
+        g = dn - out["ratio"] * dd
+        se_iid = g.std(ddof=1) / g.size**0.5 / dd.mean()
+        naive_hits += abs(out["ratio"] - 2.0) <= 1.96 * se_iid
+        assert out["ess_linearised"] < 0.4 * g.size  # mean measured 175 of 1600
+    assert 0.88 <= hits / 150 <= 0.99  # measured 0.927
+    assert naive_hits / 150 < 0.75  # measured 0.47: ignoring the autocorrelation under-covers
+
+
+def test_per_chain_ratios_and_rhat_flag_disagreeing_chains(example):
+    # chain c has variance ratio c + 1: the per-chain ratios recover it, and R-hat of d^num
+    # says the chains do not agree
+    parts = [_two_region_draws(1, 500, float(c + 1), seed=10 + c)[0] for c in range(4)]
+    x = torch.cat(parts)
+    left = _two_region_draws(1, 4, 1.0, seed=0)[1]
+    out = example.std_ratio_mc(x, left, ~left)
+    for c, r in enumerate(out["per_chain_ratio"]):
+        assert r == pytest.approx(c + 1, rel=0.12)
+    assert out["per_chain_std_ratio"] == pytest.approx([v**0.5 for v in out["per_chain_ratio"]])
+    assert out["ratio"] == pytest.approx(2.5, rel=0.1)
+    assert out["num"]["rhat"] > 1.2 and out["den"]["rhat"] < 1.05
+
+
+def test_pool_ratios_adds_the_model_errors_in_quadrature(example):
+    x, left = _two_region_draws(4, 100, 4.0, seed=0, reps=3)
+    res = [example.std_ratio_mc(x[r], left, ~left) for r in range(3)]
+    pooled = example.pool_ratios(res)
+    assert pooled["ratio"]["mean"] == pytest.approx(sum(r["ratio"] for r in res) / 3)
+    assert pooled["ratio"]["se"] == pytest.approx(sum(r["se"] ** 2 for r in res) ** 0.5 / 3)
+    assert pooled["std_ratio"]["min"] == pytest.approx(min(r["std_ratio"] for r in res))
+    lo, hi = pooled["ratio"]["ci"]
+    assert hi - lo == pytest.approx(2 * 1.959964 * pooled["ratio"]["se"], rel=1e-5)
+    assert pooled["all_exclude_one"] and pooled["all_above_one"] and pooled["n_models"] == 3
+    flat = example.std_ratio_mc(x[0], left, ~left, scale=torch.where(left, 2.0, 1.0).double())
+    assert not example.pool_ratios(res + [flat])["all_exclude_one"]
+
+
+def test_ratio_statistics_reject_bad_inputs(example):
+    a = torch.ones(4, 10, dtype=torch.float64) + torch.rand(4, 10, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="num"):
+        example.ratio_of_means(a[0], a)
+    with pytest.raises(ValueError, match="num"):
+        example.ratio_of_means(a[:, :3], a[:, :3])
+    with pytest.raises(ValueError, match="den"):
+        example.ratio_of_means(a, a[:, :8])
+    with pytest.raises(ValueError, match="num"):
+        example.ratio_of_means(a.clone().index_fill_(1, torch.tensor([2]), float("nan")), a)
+    with pytest.raises(ValueError, match="den"):
+        example.ratio_of_means(a, -a)
+    with pytest.raises(ValueError, match="level"):
+        example.ratio_of_means(a, a, level=1.5)
+    with pytest.raises(TypeError, match="num"):
+        example.ratio_of_means([[1.0] * 5] * 2, a)
+    x, left = _two_region_draws(2, 10, 2.0, seed=0)
+    with pytest.raises(ValueError, match="draws"):
+        example.region_sq_deviations(x[0].flatten(), left)
+    with pytest.raises(ValueError, match="mask"):
+        example.region_sq_deviations(x, left.float())
+    with pytest.raises(ValueError, match="mask"):
+        example.region_sq_deviations(x, left[:3])
+    with pytest.raises(ValueError, match="mask"):
+        example.region_sq_deviations(x, torch.zeros_like(left))
+    with pytest.raises(ValueError, match="scale"):
+        example.region_sq_deviations(x, left, scale=-torch.ones(4, 4))
+    with pytest.raises(ValueError, match="scale"):
+        example.region_sq_deviations(x, left, scale=torch.ones(3, 4))
+    with pytest.raises(ValueError, match="center"):
+        example.region_sq_deviations(x, left, center="median")
+    with pytest.raises(ValueError, match="draws"):
+        example.region_sq_deviations(x.clone().fill_(float("inf")), left)
+    with pytest.raises(ValueError, match="results"):
+        example.pool_ratios([])
+
+
+def test_ray_regions_energy_trace_and_whitened_lag1(example):
+    N = example.N
+    rays = torch.zeros(N, N)
+    rays[10:20] = torch.linspace(0.01, 1.0, N)
+    reg = example.ray_regions(rays)
+    unreached, reached = reg["unreached_vs_reached"]
+    assert int(unreached.sum()) == (N - 10) * N + int((rays[10:20] < 0.05 / (N - 1)).sum())
+    assert bool((unreached ^ reached).all())
+    low, high = reg["low_vs_high_ray_density"]
+    assert bool(low[rays == 0].all()) and int(high.sum()) >= N * N // 4
+    assert "unreached_vs_reached" not in example.ray_regions(torch.ones(N, N))
+    # energy: U - U(MAP) per chain and half
+    lp = -torch.tensor([[1.0, 1.0, 3.0, 3.0], [2.0, 2.0, 2.0, 2.0]]) - 10.0
+    e = example.energy_trace(lp, u_map=10.0)
+    assert e["first_half_mean"] == [1.0, 2.0] and e["second_half_mean"] == [3.0, 2.0]
+    assert e["overall_mean"] == pytest.approx(2.0)
+    # lag-1 autocorrelation in whitened coordinates w = L^{-1}(z - z_map): AR(1) w gives rho
+    d, rho = 5, 0.6
+    gen = torch.Generator().manual_seed(3)
+    w = torch.empty(2, 3000, d, dtype=torch.float64)
+    eps = torch.randn(2, 3000, d, generator=gen, dtype=torch.float64)
+    w[:, 0] = eps[:, 0]
+    for t in range(1, 3000):
+        w[:, t] = rho * w[:, t - 1] + (1 - rho**2) ** 0.5 * eps[:, t]
+    a = torch.randn(d, d, dtype=torch.float64, generator=gen)
+    cov = a @ a.T + torch.eye(d, dtype=torch.float64)
+    z_map = torch.randn(d, dtype=torch.float64, generator=gen)
+    z = z_map + w @ torch.linalg.cholesky(cov).T
+    assert example.whitened_lag1(z, z_map, cov) == pytest.approx(rho, abs=0.03)
 
 
 @pytest.mark.slow
@@ -178,16 +374,20 @@ def test_example_quick_mode(tmp_path):
     ex = _load_module("examples/eikonal_tomography.py", "eikonal_tomography_example")
     res = ex.main(quick=True, out=tmp_path)
     assert (tmp_path / "eikonal_inversion.json").exists() and Path(res["figure"]).exists()
+    assert json.loads((tmp_path / "eikonal_inversion.json").read_text())["quick"] is True
     p = res["mean_psnr"]
-    # measured (quick, model 10_000): Tikhonov 21.87, MAP 23.00, NUTS mean 24.44, MAP+G 15.51 dB;
-    # the flow prior must beat smooth Tikhonov
+    # measured (quick, model 10_000; 4 chains x 10 draws, depth 4): Tikhonov 21.87, MAP 23.00,
+    # NUTS mean 22.47, MAP+G 15.51 dB; the flow prior must beat smooth Tikhonov
     assert max(p["nuts_mean"], p["map"]) > p["tikhonov"] + 0.5
+    assert p["nuts_mean"] > p["tikhonov"]
     m = res["models"][0]
     nuts, lap = m["nuts"], m["laplace"]
-    assert nuts["divergences"] == 0 and nuts["accept_prob"] > 0.5  # measured 0, 0.95
-    # the NUTS std points to where the posterior mean is wrong (measured corr 0.30; full run
-    # 0.11-0.40 over the 4 models)
-    assert nuts["error_std_corr"] > 0.1
+    assert nuts["divergences"] == 0 and nuts["accept_prob"] > 0.5  # measured 0, 0.86
+    assert len(nuts["step_size"]) == 4 and len(nuts["chain_time_s"]) == 4
+    # the chains leave the mode: U - U(MAP) grows towards D/2 = 512 (measured mean 392, the
+    # chains' second halves 367-457: still climbing at this length)
+    e = nuts["potential_excess_over_map"]
+    assert 50.0 < e["overall_mean"] < 5000.0
     # the data shrink the prior std in and outside the ray aperture (Laplace, measured 0.57 / 0.49)
     assert lap["normalised"]["std_centre"] < 0.8
     assert lap["normalised"]["std_outside_aperture_rows"] < 0.8
@@ -198,15 +398,26 @@ def test_example_quick_mode(tmp_path):
     rd = m["ray_density"]
     assert rd["sum_s_times_density_over_sum_T"] == pytest.approx(1.0, abs=1e-3)
     assert rd["fraction_zero"] > 0.2 and nuts["n_unreached"] > 8 * 32
-    # "std larger where rays do not reach" is recorded in the JSON, not asserted: it depends on
-    # the std (full run, 2 x 75 whitened NUTS draws: low/high ray-density ratio 1.05-1.60 over 4
-    # models; Laplace 0.77-0.88) and on the chain length (this quick run, 2 x 25 draws: NUTS 0.85)
+    # the Monte-Carlo std ratio: recorded with its interval and diagnostics, not asserted > 1
+    # (it is not significant at this chain length; see the module docstring)
+    for method in ("nuts", "laplace"):
+        tab = m[method]["std_ratio_mc"]
+        assert set(tab) == {"low_vs_high_ray_density", "unreached_vs_reached"}
+        for kinds in tab.values():
+            for v in kinds.values():
+                assert v["ci"][0] < v["ratio"] < v["ci"][1] and 0.0 < v["ratio"] < 10.0
+                assert len(v["per_chain_ratio"]) == 4
+                assert v["num"]["rhat"] >= 0.95 and v["num"]["ess_bulk"] > 0.0
+    # the i.i.d. Laplace draws have R-hat ~ 1 on these statistics (measured 1.005 / 0.996)
+    lap_lh = lap["std_ratio_mc"]["low_vs_high_ray_density"]["raw"]
+    assert max(lap_lh["num"]["rhat"], lap_lh["den"]["rhat"]) < 1.1
+    mc = res["std_ratio_mc"]
+    assert mc["pooled"]["nuts"]["low_vs_high_ray_density"]["raw"]["n_models"] == 1
+    assert isinstance(mc["nuts_interval_excludes_one_on_every_model"]["unreached_vs_reached"]["raw"],
+                      bool)
+    assert res["psnr_per_model"][0]["nuts_mean"] == pytest.approx(nuts["psnr_mean"])
     for rec in (nuts, lap, nuts["normalised"], lap["normalised"]):
         for k in ("ratio_low_vs_high_ray_density", "ratio_unreached_vs_reached",
                   "ratio_outside_rows_vs_centre"):
             assert 0.0 < rec[k] < 10.0
         assert -1.0 <= rec["ray_density_std_spearman"] <= 1.0
-        assert 0.0 < rec["velocity_sensitivity"]["ratio_low_vs_high_coverage"] < 10.0
-    s_cov = res["std_vs_ray_coverage"]
-    assert s_cov["mean_ratio_unreached_vs_reached"]["nuts"] == pytest.approx(
-        nuts["ratio_unreached_vs_reached"])
