@@ -75,6 +75,41 @@ def test_preconditioned_affine_guide_is_affine_in_y():
     assert single.log_diag_raw.requires_grad
 
 
+def test_pretrain_mean_regresses_the_image_and_keeps_the_linear_layer():
+    """pretrain_mean trains only the U-Net of an encoder guide; G(mu(y)) stays its image estimate."""
+    from bayesinv.flows.glow import Glow
+    from bayesinv.operators.matrix import MatrixOperator, random_gaussian_matrix
+    from bayesinv.priors.flow import FlowPrior
+    from bayesinv.problem import InverseProblem
+
+    # binary images: their posterior mean given 10 random projections is nonlinear in y
+    x = (torch.rand(512, 1, 4, 4, generator=torch.Generator().manual_seed(2)) > 0.5).float()
+    glow = Glow((1, 4, 4), levels=1, steps=1, hidden=8)
+    with torch.no_grad():
+        glow.encode(x[:64])  # ActNorm's data-dependent init
+    prior = FlowPrior(glow)
+    pb = InverseProblem(MatrixOperator(random_gaussian_matrix(10, 16, seed=1), (1, 4, 4)), prior, 0.05)
+    y = pb.simulate(x, seed=3)
+    w, b, _ = bench_vi.ridge_map(y, x)
+    guide = bench_vi._affine_guide(pb, b, 0.1, weight=w, y_mean=float(y.mean()), y_scale=float(y.std()),
+                                   cnn_channels=8, encoder=prior.flow)
+    lin = guide.loc.weight.detach().clone()
+    enc = [p.detach().clone() for p in guide.encoder.parameters()]
+    with torch.no_grad():
+        ridge_mse = float((guide.pre_mean(y) - x).pow(2).mean())
+        torch.testing.assert_close(guide.pre_mean(y).flatten(1), y.flatten(1) @ w.T + b, atol=1e-4, rtol=1e-4)
+    out = bench_vi.pretrain_mean(guide, y, x, steps=200, batch_size=64, lr=1e-2, seed=0)
+    with torch.no_grad():
+        mse = float((guide.pre_mean(y) - x).pow(2).mean())
+        torch.testing.assert_close(prior.generate(guide.mean(y)), guide.pre_mean(y), atol=1e-4, rtol=1e-4)
+    print(f"pretrain_mean: image MSE {ridge_mse:.4g} (ridge) -> {mse:.4g}")
+    assert mse < 0.9 * ridge_mse and len(out["loss"]) == 10 and out["fit_s"] > 0
+    assert torch.equal(guide.loc.weight, lin)
+    assert all(torch.equal(a, b) for a, b in zip(guide.encoder.parameters(), enc, strict=True))
+    with pytest.raises(ValueError, match="loss"):
+        bench_vi.pretrain_mean(guide, y, x, steps=1, batch_size=4, lr=1e-3, loss="l1")
+
+
 @pytest.mark.slow
 def test_bench_vi_quick(tmp_path, monkeypatch):
     monkeypatch.setattr(bench_vi, "RESULTS_DIR", tmp_path)
@@ -101,8 +136,13 @@ def test_bench_vi_quick(tmp_path, monkeypatch):
         assert math.isfinite(row["amortised_psnr"]) and math.isfinite(row["map_psnr"])
         assert 0.0 <= row["amortised_coverage90"] <= 1.0
     assert am["summary"]["std_error_corr_mean"] > 0.1
-    # SVI on top of the ridge initialisation must not make the mean worse
-    assert am["summary"]["amortised_psnr_mean"] > am["summary"]["ridge_init_psnr_mean"] - 0.5
+    # the pre-trained U-Net beats its ridge input (quick run: 35.27 vs 32.20 dB, linear z-mean
+    # 25.36 dB), and the ELBO stage (covariance only) does not make the mean worse
+    s = am["summary"]
+    assert s["pretrained_psnr_mean"] > s["ridge_init_psnr_mean"] + 0.8
+    assert s["ridge_init_psnr_mean"] > s["linear_latent_psnr_mean"] + 3.0
+    assert s["amortised_psnr_mean"] > s["pretrained_psnr_mean"] - 0.5
+    assert 0.0 <= s["coverage90_prior_data"] <= 1.0 and s["n_single"] == bench_vi.QUICK["n_ct"]
 
     sr = res["sr"]
     if sr["run"]:

@@ -35,8 +35,10 @@ Two modes:
   per-measurement mean :math:`\frac1N\sum_n -\mathrm{ELBO}(y_n)`.
 
 Guides: :class:`~bayesinv.flows.conditional.ConditionalGlow` (default; context ``y``) and
-:class:`ConditionalAffineFlow`, :math:`q(z\mid y) = \mathcal N(Wy + b, LL^\top)`, the family
-that contains the exact posterior of every linear-Gaussian problem (its exactness test).
+:class:`ConditionalAffineFlow`, :math:`q(z\mid y) = \mathcal N(\mu(y), LL^\top)`: with
+:math:`\mu(y) = Wy + b` the family that contains the exact posterior of every linear-Gaussian
+problem (its exactness test); with a nonlinear mean (an MLP, a U-Net on an image estimate, the
+prior's encoder :math:`G^{-1}`) an amortised Gaussian guide for nonlinear priors.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyro
 import pyro.distributions as dist
 import pyro.optim
@@ -109,12 +112,43 @@ class ConditionalAffineFlow(ConditionalTransformModule):
     r"""Conditional Gaussian :math:`q(z\mid y) = \mathcal N(\mu(y), LL^\top)` as an affine flow.
 
     :math:`z = T(\varepsilon; y) = \mu(y) + L\varepsilon`, :math:`\varepsilon\sim\mathcal N(0, I_D)`,
-    with :math:`\mu(y) = W\,\mathrm{vec}(y) + b` (a linear layer, zero-initialised) and a dense
-    lower-triangular :math:`L` whose diagonal is :math:`e^{\ell}` (positive), so
-    :math:`\log|\det\nabla_\varepsilon T| = \sum_i \ell_i`. For a linear-Gaussian problem the
-    exact posterior is Gaussian with a mean affine in :math:`y` and a covariance independent of
-    :math:`y`, so it lies in this family, for one ``y`` and amortised alike. Dense ``L`` has
-    :math:`D^2` parameters: meant for small problems (up to ~1000 dimensions).
+    with a dense lower-triangular :math:`L` whose diagonal is :math:`e^{\ell}` (positive), so
+    :math:`\log|\det\nabla_\varepsilon T| = \sum_i \ell_i` and, by the change of variables,
+    :math:`\log q(z\mid y) = \log\mathcal N(L^{-1}(z - \mu(y)); 0, I) - \sum_i\ell_i`. Dense
+    ``L`` has :math:`D^2` parameters: meant for small problems (up to ~1000 dimensions).
+
+    The mean is built in up to three stages (each optional beyond the first):
+
+    .. math::
+
+        h_0(y) &= W\,\mathrm{vec}(y) + b + M\big((\mathrm{vec}(y) - m_y)/s_y\big),\\
+        h(y) &= h_0(y) + U\big(h_0(y)\big),\\
+        \mu(y) &= E\big(h(y)\big),
+
+    a linear layer plus an MLP :math:`M` (``hidden``), a residual U-Net :math:`U` on the
+    image-shaped :math:`h_0` (``cnn_channels``) and an image flow's encoder :math:`E`, e.g.
+    :math:`E = G^{-1}` for a flow prior :math:`x = G(z)` (``encoder``; default the identity).
+    ``W, b`` (the layer ``loc``) and the last layers of :math:`M` and :math:`U` are
+    zero-initialised, so every guide starts at :math:`\mu = E(0)`; with the defaults
+    (``hidden=()``, no U-Net, no encoder) :math:`\mu(y) = W\,\mathrm{vec}(y) + b` and the flow
+    is exactly the plain affine family, its parameters, state-dict keys and config unchanged.
+
+    * Linear mean: for a linear-Gaussian problem the exact posterior is Gaussian with a mean
+      affine in :math:`y` and a covariance independent of :math:`y`, so it lies in this family,
+      for one ``y`` and amortised alike.
+    * Nonlinear mean (amortised inference for nonlinear priors): the MLP :math:`M` (GELU hidden
+      layers of widths ``hidden``, input standardised by the fixed ``context_loc`` :math:`m_y`
+      and ``context_scale`` :math:`s_y`) and the U-Net :math:`U` make :math:`\mu` a nonlinear
+      function of :math:`y`. For a latent prior :math:`x = G(z)` the posterior latent is
+      typically a very nonlinear function of :math:`y` while the posterior *image* is a much
+      smoother one; with ``encoder`` = a copy of :math:`G` (its :meth:`encode` is
+      :math:`G^{-1}`), :math:`h(y)` is an *image* estimate (e.g. a learned reconstruction
+      :math:`\hat x(y)`, pre-trainable by regression on simulated pairs) and the guide's
+      latent mean is :math:`G^{-1}(\hat x(y))`, so :math:`G(\mu(y)) = \hat x(y)` exactly. This is
+      the "learned reconstruction + invertible prior" parametrisation of an amortised
+      Gaussian guide; any function :math:`\mu(y)` keeps the ELBO a valid bound (amortised VI,
+      Gershman & Goodman 2014; learned post-processing of a linear reconstruction, Jin et al.,
+      *Deep convolutional neural network for inverse problems in imaging*, IEEE TIP 2017).
 
     Parameters
     ----------
@@ -125,30 +159,116 @@ class ConditionalAffineFlow(ConditionalTransformModule):
         Shape of one measurement ``y``.
     init_scale
         Initial :math:`L = \text{init\_scale}\cdot I` (1 matches a standard-normal latent prior).
+    hidden
+        Widths of the MLP's hidden layers (``()``: no MLP, the plain affine guide).
+    cnn_channels
+        Base width ``c`` of the residual U-Net :math:`U` (widths ``c, 2c, 4c`` at full, half
+        and quarter resolution, two 3×3 convolutions with GELU per stage); ``None``: none. Needs
+        an image-shaped :math:`h`: ``shape`` ``(C, H, W)`` or an ``encoder``, with H and W
+        divisible by 4.
+    encoder
+        ``None`` or an image flow of a class in :func:`bayesinv.flows.io.flow_classes` (e.g.
+        the :class:`~bayesinv.flows.glow.Glow` of a :class:`~bayesinv.priors.flow.FlowPrior`,
+        ``prior.flow``) whose flat latent has ``prod(shape)`` entries; the guide holds a
+        *copy* (training never changes the prior). As the dict ``{"class": name, "config":
+        flow.config}`` (the form stored in :attr:`config`) a fresh flow is built, whose weights
+        must then be loaded (:meth:`VariationalPosterior.load` does).
+    context_loc, context_scale
+        Fixed standardisation of the MLP's input (only used with ``hidden``).
+
+    Attributes
+    ----------
+    config
+        The constructor arguments, JSON-serialisable (the defaults of the nonlinear-mean options
+        are left out, so plain affine guides keep the config they always had).
+
+    Examples
+    --------
+    >>> flow = ConditionalAffineFlow((4,), (3,), hidden=(16, 16))
+    >>> flow.mean(torch.zeros(2, 3)).shape
+    torch.Size([2, 4])
+    >>> ConditionalAffineFlow(**flow.config).config == flow.config
+    True
     """
 
-    def __init__(self, shape: Sequence[int], context_shape: Sequence[int], init_scale: float = 1.0) -> None:
+    def __init__(self, shape: Sequence[int], context_shape: Sequence[int], init_scale: float = 1.0,
+                 hidden: Sequence[int] = (), *, cnn_channels: int | None = None,
+                 encoder: nn.Module | dict[str, Any] | None = None, context_loc: float = 0.0,
+                 context_scale: float = 1.0) -> None:
         super().__init__()
         self.event_shape: Shape = _positive_shape(shape, "shape")
         self.context_shape: Shape = _positive_shape(context_shape, "context_shape")
         init_scale = check_positive(init_scale, "init_scale")
+        hidden_t = _hidden_widths(hidden)
+        if cnn_channels is not None:
+            cnn_channels = check_int(cnn_channels, "cnn_channels")
+        context_loc = _finite_float(context_loc, "context_loc")
+        context_scale = check_positive(context_scale, "context_scale")
         self.dim = math.prod(self.event_shape)
-        self.config = {"shape": list(self.event_shape), "context_shape": list(self.context_shape),
-                       "init_scale": init_scale}
-        self.loc = nn.Linear(math.prod(self.context_shape), self.dim)
+        m = math.prod(self.context_shape)
+        self.config: dict[str, Any] = {"shape": list(self.event_shape), "context_shape": list(self.context_shape),
+                                       "init_scale": init_scale}
+        self.encoder: nn.Module | None = None
+        if encoder is not None:
+            self.encoder, enc_config = _copy_encoder(encoder, self.dim)
+            self.config["encoder"] = enc_config
+        #: shape of h(y): the encoder's image, else the event shape
+        self.pre_shape: Shape = tuple(self.encoder.image_shape) if self.encoder is not None else self.event_shape
+        self.loc = nn.Linear(m, math.prod(self.pre_shape))
         nn.init.zeros_(self.loc.weight)
         nn.init.zeros_(self.loc.bias)
+        self.mlp: nn.Sequential | None = None
+        self.context_loc, self.context_scale = context_loc, context_scale
+        if hidden_t:
+            self.mlp = _mlp(m, hidden_t, math.prod(self.pre_shape))
+            self.config["hidden"] = list(hidden_t)
+            if context_loc != 0.0 or context_scale != 1.0:
+                self.config.update(context_loc=context_loc, context_scale=context_scale)
+        self.cnn: _ResidualUNet | None = None
+        if cnn_channels is not None:
+            if len(self.pre_shape) != 3 or self.pre_shape[1] % 4 or self.pre_shape[2] % 4:
+                raise ValueError(f"cnn_channels: the U-Net needs an image-shaped mean (C, H, W) with H and W "
+                                 f"divisible by 4 (an image `shape` or an `encoder`), got {self.pre_shape}")
+            self.cnn = _ResidualUNet(self.pre_shape[0], cnn_channels)
+            self.config["cnn_channels"] = cnn_channels
         self.log_diag = nn.Parameter(torch.full((self.dim,), math.log(init_scale)))
         self.offdiag = nn.Parameter(torch.zeros(self.dim, self.dim))
+
+    @property
+    def nonlinear(self) -> bool:
+        """Whether :math:`\\mu(y)` is nonlinear (an MLP, a U-Net or an encoder)."""
+        return self.mlp is not None or self.cnn is not None or self.encoder is not None
 
     def scale_tril(self) -> Tensor:
         r""":math:`L` ``(D, D)``: strictly lower part of ``offdiag`` plus :math:`\mathrm{diag}(e^\ell)`."""
         return torch.tril(self.offdiag, diagonal=-1) + torch.diag_embed(self.log_diag.exp())
 
+    def linear_mean(self, yf: Tensor) -> Tensor:
+        r""":math:`W\,\mathrm{vec}(y) + b` for flattened contexts ``yf (..., prod(context_shape))``."""
+        return self.loc(yf)
+
+    def pre_mean(self, y: Tensor) -> Tensor:
+        r""":math:`h(y)` (before the encoder; an image estimate when there is one), ``(*B, *pre_shape)``."""
+        nc = len(self.context_shape)
+        lead = y.shape[:y.dim() - nc]
+        yf = y.reshape(-1, math.prod(self.context_shape))
+        h = self.linear_mean(yf)
+        if self.mlp is not None:
+            h = h + self.mlp((yf - self.context_loc) / self.context_scale)
+        if self.cnn is not None:
+            h = self.cnn(h.reshape(-1, *self.pre_shape))
+        return h.reshape(*lead, *self.pre_shape)
+
     def mean(self, y: Tensor) -> Tensor:
         r""":math:`\mu(y)` flattened, ``(*B, D)`` for contexts ``(*B, *context_shape)``."""
         nc = len(self.context_shape)
-        return self.loc(y.reshape(*y.shape[:y.dim() - nc], -1))
+        if not self.nonlinear:
+            return self.linear_mean(y.reshape(*y.shape[:y.dim() - nc], -1))
+        lead = y.shape[:y.dim() - nc]
+        h = self.pre_mean(y)
+        if self.encoder is not None:
+            h = self.encoder.encode(h.reshape(-1, *self.pre_shape))[0]
+        return h.reshape(*lead, self.dim)
 
     def check_context(self, y: Tensor, name: str = "y") -> Tensor:
         """Return ``y`` as ``(B, *context_shape)`` (an unbatched context gets ``B = 1``)."""
@@ -224,6 +344,107 @@ class _ConditionedAffine(dist.transforms.Transform):
     def log_abs_det_jacobian(self, eps: Tensor, z: Tensor) -> Tensor:
         batch = z.shape[:z.dim() - len(self.parent.event_shape)]
         return self.parent.log_diag.sum().expand(batch)
+
+
+def _finite_float(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
+def _hidden_widths(hidden: object) -> tuple[int, ...]:
+    """``hidden`` as a tuple of positive ints (layer widths), else ``ValueError`` naming it."""
+    bad = ValueError(f"hidden: expected a sequence of positive ints (the MLP's hidden-layer widths), got {hidden!r}")
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise bad
+    out = []
+    for h in hidden:
+        if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
+            raise bad
+        out.append(int(h))
+    return tuple(out)
+
+
+def _mlp(n_in: int, hidden: tuple[int, ...], n_out: int) -> nn.Sequential:
+    """``Linear → GELU`` per hidden width, then a zero-initialised ``Linear(·, n_out)``."""
+    layers: list[nn.Module] = []
+    width = n_in
+    for h in hidden:
+        layers += [nn.Linear(width, h), nn.GELU()]
+        width = h
+    last = nn.Linear(width, n_out)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers, last)
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU(),
+                         nn.Conv2d(c_out, c_out, 3, padding=1), nn.GELU())
+
+
+class _ResidualUNet(nn.Module):
+    r"""Residual U-Net :math:`h \mapsto h + U(h)` on images ``(N, C, H, W)``, H and W divisible by 4.
+
+    Encoder stages of widths ``c, 2c, 4c`` (two 3×3 convolutions + GELU each, 2×2 average pooling
+    between), decoder stages with nearest upsampling and skip concatenations (Ronneberger et
+    al., *U-Net*, MICCAI 2015), a zero-initialised 1×1 output convolution (so :math:`U = 0` at
+    init).
+    """
+
+    def __init__(self, channels: int, width: int) -> None:
+        super().__init__()
+        c = width
+        self.enc1, self.enc2, self.enc3 = _conv_block(channels, c), _conv_block(c, 2 * c), _conv_block(2 * c, 4 * c)
+        self.dec2, self.dec1 = _conv_block(6 * c, 2 * c), _conv_block(3 * c, c)
+        self.out = nn.Conv2d(c, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        f = torch.nn.functional
+        a = self.enc1(h)
+        b = self.enc2(f.avg_pool2d(a, 2))
+        c = self.enc3(f.avg_pool2d(b, 2))
+        u = self.dec2(torch.cat([f.interpolate(c, scale_factor=2.0, mode="nearest"), b], 1))
+        u = self.dec1(torch.cat([f.interpolate(u, scale_factor=2.0, mode="nearest"), a], 1))
+        return h + self.out(u)
+
+
+def _copy_encoder(encoder: object, dim: int) -> tuple[nn.Module, dict[str, Any]]:
+    """A fresh copy of an image flow of a registered class (or one built from its dict form)."""
+    from ..flows.io import flow_classes
+
+    registry = flow_classes()
+    if isinstance(encoder, dict):
+        name, cfg = encoder.get("class"), encoder.get("config")
+        if name not in registry or not isinstance(cfg, dict):
+            raise ValueError(f"encoder: expected {{'class': one of {sorted(registry)}, 'config': {{...}}}}, "
+                             f"got {encoder!r}")
+        flow = registry[name](**cfg)
+        source = None
+    elif isinstance(encoder, nn.Module):
+        name = type(encoder).__name__
+        if registry.get(name) is not type(encoder) or not isinstance(getattr(encoder, "config", None), dict):
+            raise TypeError(f"encoder: expected an image flow of one of the classes {sorted(registry)} "
+                            f"(e.g. a FlowPrior's .flow), got {name}")
+        cfg = _jsonable(encoder.config)
+        floats = [t for t in encoder.state_dict().values() if t.is_floating_point()]
+        flow = registry[name](**cfg).to(dtype=floats[0].dtype if floats else None)
+        source = encoder
+    else:
+        raise TypeError(f"encoder: expected an image flow module or its {{'class', 'config'}} dict, "
+                        f"got {type(encoder).__name__}")
+    if not callable(getattr(flow, "encode", None)) or not hasattr(flow, "image_shape"):
+        raise TypeError(f"encoder: {name} has no encode()/image_shape")
+    if math.prod(getattr(flow, "latent_shape", (0,))) != dim:
+        raise ValueError(f"encoder: its latent has {math.prod(getattr(flow, 'latent_shape', (0,)))} entries, "
+                         f"the guide's shape {dim}")
+    if source is not None:
+        flow.load_state_dict(source.state_dict(), strict=True)
+    return flow, {"class": name, "config": cfg}
 
 
 def guide_classes() -> dict[str, type[nn.Module]]:
