@@ -261,10 +261,7 @@ class ConditionalAffineFlow(ConditionalTransformModule):
 
     def mean(self, y: Tensor) -> Tensor:
         r""":math:`\mu(y)` flattened, ``(*B, D)`` for contexts ``(*B, *context_shape)``."""
-        nc = len(self.context_shape)
-        if not self.nonlinear:
-            return self.linear_mean(y.reshape(*y.shape[:y.dim() - nc], -1))
-        lead = y.shape[:y.dim() - nc]
+        lead = y.shape[:y.dim() - len(self.context_shape)]
         h = self.pre_mean(y)
         if self.encoder is not None:
             h = self.encoder.encode(h.reshape(-1, *self.pre_shape))[0]
