@@ -27,7 +27,6 @@ Writes ``benchmarks/results/laplace_check.{json,md}`` (quick: ``laplace_check.qu
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -40,6 +39,7 @@ import torch
 if __package__ in (None, ""):  # run as a script
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._peers import write_results  # noqa: E402
 from benchmarks.bench_uncertainty import (  # noqa: E402
     PRIOR_SEED,
     TASKS,
@@ -117,12 +117,7 @@ def main(quick: bool = False, out_dir: str | Path | None = RESULTS_DIR) -> dict[
                            "reading": reading(tasks), "wall_s": time.perf_counter() - t0,
                            "torch": torch.__version__, "threads": torch.get_num_threads(),
                            "machine": platform.platform()}
-    if out_dir is not None:
-        d = Path(out_dir)
-        d.mkdir(parents=True, exist_ok=True)
-        stem = "laplace_check.quick" if quick else "laplace_check"
-        (d / f"{stem}.json").write_text(json.dumps(res, indent=2) + "\n")
-        (d / f"{stem}.md").write_text(markdown(res))
+    write_results(res, out_dir, "laplace_check", quick, markdown)
     print(markdown(res))
     return res
 
