@@ -762,6 +762,16 @@ def fit_variational(
     Returns
     -------
     VariationalPosterior
+        ``settings["loss_trend"]`` / ``settings["converged"]``: :func:`loss_trend` of the step
+        losses (``None`` for fewer than 20 steps).
+
+    Warns
+    -----
+    NotConvergedWarning
+        When the −ELBO was still falling at the end (:func:`loss_trend`; not after early
+        stopping). Measured on sparse-view CT with the shipped Glow (benchmarks/bench_uncertainty.py):
+        an affine guide stopped after 300 steps at lr 3e-4 covered 75 % of pixels with its 90 %
+        intervals, the converged fit (1 500 steps at 1e-3) 89 %.
 
     Raises
     ------
@@ -931,6 +941,16 @@ def fit_variational(
 
     tail = train_loss[-min(len(train_loss), val_every):]
     final_loss = float(sum(tail) / len(tail)) if tail else float("nan")
+    trend = loss_trend(train_loss)
+    still_falling = bool(trend is not None and trend["still_falling"] and not stopped_early)
+    if still_falling:
+        warnings.warn(
+            f"fit_variational: the -ELBO was still falling at the end of the fit (the mean step loss "
+            f"of the last {trend['window']} steps is {trend['drop']:.4g} ± {trend['se']:.4g} nats "
+            f"below the {trend['window']} before); the guide has not converged, and an unconverged "
+            "backward-KL fit usually has too small a spread (over-confident intervals). Raise "
+            "`steps` or `lr` (or resume from the checkpoint with more steps).",
+            NotConvergedWarning, stacklevel=2)
     settings = {
         "steps": steps, "steps_run": len(train_loss), "lr": lr, "lr_decay": lr_decay,
         "grad_clip": grad_clip, "mode": mode, "num_particles": num_particles,
@@ -938,7 +958,7 @@ def fit_variational(
         "num_val": 0 if val is None else int(val.shape[0]), "val_every": val_every,
         "early_stopping_patience": early_stopping_patience, "stopped_early": stopped_early,
         "final_loss": final_loss, "final_elbo": -final_loss,
-        "final_val_loss": final_val,
+        "final_val_loss": final_val, "loss_trend": trend, "converged": None if trend is None else not still_falling,
         "objective": "backward KL, Trace_ELBO (reparametrised), per-measurement mean",
         "site": vguide.site, "guide_class": type(flow).__name__,
         "guide_config": run_config["guide_config"], "checkpoint": None if ckpt_path is None else str(ckpt_path),
@@ -951,6 +971,54 @@ def fit_variational(
     if loss_curve_path is not None:
         result.save_loss_curve(loss_curve_path)
     return result
+
+
+class NotConvergedWarning(UserWarning):
+    """A fit ended while its objective was still improving (raise the number of steps)."""
+
+
+def loss_trend(loss: Sequence[float], fraction: float = 0.2, min_window: int = 10,
+               threshold: float = 3.0, min_drop: float = 0.5) -> dict[str, float | int | bool] | None:
+    r"""Whether a stochastic loss curve was still falling at its end.
+
+    Compares the last window of ``w = max(min_window, ⌊fraction·n⌋)`` step losses with the ``w``
+    before it (Welch): :math:`\Delta = \bar\ell_{\text{prev}} - \bar\ell_{\text{last}}`,
+    :math:`\mathrm{se} = \sqrt{s^2_{\text{prev}}/w + s^2_{\text{last}}/w}`, and
+    ``still_falling`` when :math:`\Delta > \max(\text{threshold}\cdot\mathrm{se},\ \text{min\_drop})`:
+    the decrease is larger than the step-to-step Monte-Carlo noise of the −ELBO explains, and not
+    negligible (a KL change under half a nat is). Treating the steps as independent understates
+    ``se`` a little when the parameters still drift; ``threshold = 3`` leaves room for that.
+
+    Parameters
+    ----------
+    loss
+        Step losses in order (e.g. ``VariationalPosterior.loss_curve``).
+    fraction, min_window
+        Window size as a fraction of the curve, and its minimum.
+    threshold, min_drop
+        Decrease, in standard errors and in nats, above which the curve counts as still falling.
+
+    Returns
+    -------
+    dict or None
+        ``window``, ``drop`` (Δ, nats), ``se``, ``z = Δ/se`` and ``still_falling``; ``None``
+        when the curve is shorter than ``2·min_window`` steps.
+    """
+    if not 0.0 < fraction <= 0.5:
+        raise ValueError(f"fraction: expected a number in (0, 0.5], got {fraction!r}")
+    if isinstance(min_window, bool) or not isinstance(min_window, int) or min_window < 2:
+        raise ValueError(f"min_window: expected an integer >= 2, got {min_window!r}")
+    values = np.asarray(list(loss), dtype=np.float64)
+    n = values.size
+    w = max(min_window, int(fraction * n))
+    if n < 2 * w:
+        return None
+    last, prev = values[n - w:], values[n - 2 * w:n - w]
+    drop = float(prev.mean() - last.mean())
+    se = float(np.sqrt(prev.var(ddof=1) / w + last.var(ddof=1) / w))
+    z = drop / se if se > 0 else (math.inf if drop > 0 else 0.0)
+    return {"window": int(w), "drop": drop, "se": se, "z": float(z),
+            "still_falling": bool(z > threshold and drop > min_drop)}
 
 
 def _svi_step(svi: SVI, yb: Tensor, step: int, hint: str) -> float:
