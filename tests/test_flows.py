@@ -418,6 +418,29 @@ def test_random_patches_match_naive_and_are_differentiable():
     assert torch.equal(a, b)
 
 
+def test_random_patches_without_replacement_are_distinct_uniform_subsets():
+    x = torch.randn(3, 1, 9, 8, generator=torch.Generator().manual_seed(0))
+    p, pos = random_patches(x, 4, 12, generator=torch.Generator().manual_seed(1), return_positions=True,
+                            replace=False)
+    for b in range(3):  # 12 distinct corners of the 6×5 grid, and the patches at them
+        assert len({tuple(v) for v in pos[b].tolist()}) == 12
+        assert torch.equal(p[b], torch.stack([x[b, :, i:i + 4, j:j + 4].reshape(-1) for i, j in pos[b].tolist()]))
+    _, full = random_patches(x, 4, 30, generator=torch.Generator().manual_seed(2), return_positions=True,
+                             replace=False)
+    assert sorted(map(tuple, full[0].tolist())) == [(i, j) for i in range(6) for j in range(5)]
+    # each corner equally likely: over 600 draws of 6 of 30, each appears ~120 times (sd ~10)
+    gen = torch.Generator().manual_seed(3)
+    counts = torch.zeros(30)
+    for _ in range(600):
+        _, q = random_patches(x[:1], 4, 6, generator=gen, return_positions=True, replace=False)
+        counts.index_add_(0, q[0, :, 0] * 5 + q[0, :, 1], torch.ones(6))
+    assert float(counts.min()) > 80 and float(counts.max()) < 160
+    with pytest.raises(ValueError, match="only 30 positions"):
+        random_patches(x, 4, 31, replace=False)
+    with pytest.raises(TypeError, match="replace"):
+        random_patches(x, 4, 3, replace="no")
+
+
 def test_patch_bad_inputs():
     x = torch.zeros(1, 1, 5, 5)
     with pytest.raises(ValueError, match="patch_size"):

@@ -94,6 +94,26 @@ def test_random_patch_energy_is_unbiased(tiny_flow):
         PatchNRPrior(tiny_flow, (1, 10, 10), seed=1, generator=torch.Generator())
 
 
+def test_patches_without_replacement_are_unbiased_with_less_spread(tiny_flow):
+    x = torch.rand(1, 1, 10, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    exact = float(PatchNRPrior(tiny_flow, (1, 10, 10), n_patches=None).energy(x))
+    draws = {}
+    for replace in (True, False):
+        prior = PatchNRPrior(tiny_flow, (1, 10, 10), n_patches=32, seed=5, replace=replace)
+        draws[replace] = torch.stack([prior.energy(x)[0] for _ in range(400)])
+    without = draws[False]
+    assert abs(float(without.mean()) - exact) < 4 * float(without.std()) / 20.0
+    # 32 of the 64 positions of a 3×3 patch without replacement: variance × (64-32)/(64-1) = 0.51
+    ratio = float(without.var() / draws[True].var())
+    assert 0.35 < ratio < 0.7
+    # N_p above the number of positions: all of them, so the exact energy
+    capped = PatchNRPrior(tiny_flow, (1, 10, 10), n_patches=1000, seed=5, replace=False)
+    assert float(capped.energy(x)) == pytest.approx(exact, rel=1e-12)
+    assert capped.describe()["replace"] is False
+    with pytest.raises(TypeError, match="replace"):
+        PatchNRPrior(tiny_flow, (1, 10, 10), replace=1)
+
+
 def test_patchnr_in_a_pyro_model_places_x_and_the_prior_factor(tiny_flow):
     flow = tiny_flow.float()
     prior = PatchNRPrior(flow, (1, 8, 8), weight=3.0, n_patches=None)

@@ -46,11 +46,13 @@ def extract_patches(x: Tensor, patch_size: int, stride: int = 1) -> Tensor:
 
 
 def random_patches(x: Tensor, patch_size: int, n: int, generator: torch.Generator | None = None,
-                   return_positions: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-    """``n`` patches per image at independent uniformly random positions (differentiable in x).
+                   return_positions: bool = False, replace: bool = True) -> Tensor | tuple[Tensor, Tensor]:
+    """``n`` patches per image at uniformly random positions (differentiable in x).
 
-    Top-left corners ``(i, j)`` are uniform on ``{0..H-k} × {0..W-k}``, drawn independently
-    for each image and patch (with replacement).
+    Top-left corners ``(i, j)`` are uniform on ``{0..H-k} × {0..W-k}``. ``replace=True``: drawn
+    independently for each image and patch (a position may repeat). ``replace=False``: ``n``
+    distinct positions per image, a uniformly random subset (a random permutation's first ``n``,
+    as the patchNR reference's ``randperm`` patch extractor); needs ``n ≤ (H-k+1)(W-k+1)``.
 
     Returns
     -------
@@ -59,10 +61,21 @@ def random_patches(x: Tensor, patch_size: int, n: int, generator: torch.Generato
     """
     x, k = _check(x, patch_size)
     n = check_int(n, "n")
+    if not isinstance(replace, bool):
+        raise TypeError(f"replace: expected a bool, got {replace!r}")
     b, c, h, w = x.shape
     dev = generator.device if generator is not None else x.device
-    i = torch.randint(0, h - k + 1, (b, n), generator=generator, device=dev).to(x.device)
-    j = torch.randint(0, w - k + 1, (b, n), generator=generator, device=dev).to(x.device)
+    if replace:
+        i = torch.randint(0, h - k + 1, (b, n), generator=generator, device=dev).to(x.device)
+        j = torch.randint(0, w - k + 1, (b, n), generator=generator, device=dev).to(x.device)
+    else:
+        count = (h - k + 1) * (w - k + 1)
+        if n > count:
+            raise ValueError(f"n: {n} patches without replacement, but a {h}×{w} image has only "
+                             f"{count} positions of a {k}×{k} patch")
+        # one random permutation per image (argsort of uniforms), its first n entries
+        pos = torch.rand(b, count, generator=generator, device=dev).argsort(dim=1)[:, :n].to(x.device)
+        i, j = pos // (w - k + 1), pos % (w - k + 1)
     off = torch.arange(k, device=x.device)
     offsets = (off[:, None] * w + off[None, :]).reshape(-1)  # (k·k,)
     idx = ((i * w + j)[..., None] + offsets).reshape(b, 1, n * k * k).expand(b, c, n * k * k)

@@ -137,6 +137,10 @@ class PatchNRPrior(EnergyPrior):
     freeze
         Set ``requires_grad=False`` on the flow's parameters (the flow is fixed during
         reconstruction; no wasted parameter gradients).
+    replace
+        Draw the ``n_patches`` positions with replacement (default, independent positions) or
+        without (distinct positions, as the reference implementation; capped at the number of
+        positions, where it becomes all patches in random order).
 
     Examples
     --------
@@ -150,7 +154,7 @@ class PatchNRPrior(EnergyPrior):
     def __init__(self, flow: torch.nn.Module, image_shape: Shape, weight: float = 1.0, *,
                  patch_size: int | None = None, n_patches: int | None = 40_000, pad: int = 0,
                  seed: int | None = None, generator: torch.Generator | None = None,
-                 freeze: bool = True) -> None:
+                 freeze: bool = True, replace: bool = True) -> None:
         super().__init__(image_shape, weight)
         if not isinstance(flow, torch.nn.Module) or not callable(getattr(flow, "energy", None)):
             raise TypeError(f"flow: expected a patch flow with energy(patches) (PatchFlow), "
@@ -171,6 +175,9 @@ class PatchNRPrior(EnergyPrior):
             raise ValueError(f"patch_size: {k} is larger than the image ({h}×{w}, pad {self.pad})")
         self.patch_size = k
         self.n_patches = None if n_patches is None else check_int(n_patches, "n_patches")
+        if not isinstance(replace, bool):
+            raise TypeError(f"replace: expected a bool, got {replace!r}")
+        self.replace = replace
         self.seed = None if seed is None else check_int(seed, "seed", minimum=0)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator: expected a torch.Generator, got {type(generator).__name__}")
@@ -193,7 +200,10 @@ class PatchNRPrior(EnergyPrior):
         xp = self.padded(as_image_batch(x, "x", self.image_shape))
         if self.n_patches is None:
             return extract_patches(xp, self.patch_size)
-        return random_patches(xp, self.patch_size, self.n_patches, generator=self.generator)
+        n = self.n_patches
+        if not self.replace:  # a random subset of the positions, all of them when N_p exceeds their number
+            n = min(n, (xp.shape[-2] - self.patch_size + 1) * (xp.shape[-1] - self.patch_size + 1))
+        return random_patches(xp, self.patch_size, n, generator=self.generator, replace=self.replace)
 
     def energy(self, x: Tensor) -> Tensor:
         r""":math:`R(x)`: mean of ``flow.energy`` over the patches of each image, ``(B,)``."""
@@ -203,5 +213,5 @@ class PatchNRPrior(EnergyPrior):
     def _settings(self) -> dict[str, object]:
         cfg = getattr(self.flow, "config", None)
         return {"weight": self.weight, "patch_size": self.patch_size, "n_patches": self.n_patches,
-                "pad": self.pad, "seed": self.seed, "flow": dict(cfg) if isinstance(cfg, dict) else
+                "replace": self.replace, "pad": self.pad, "seed": self.seed, "flow": dict(cfg) if isinstance(cfg, dict) else
                 type(self.flow).__name__}
