@@ -365,6 +365,8 @@ def test_loss_trend_flags_a_falling_curve_and_not_a_flat_noisy_one():
     # mean drop between steps 240-319 and 320-399 of 20 exp(-t/300): 1.67 nats, se ~0.16
     assert t_fall["still_falling"] and t_fall["drop"] == pytest.approx(1.67, abs=0.4)
     assert loss_trend(flat[:19]) is None
+    steps = [5.0] * 30 + [1.0] * 10  # noiseless windows (w = 10): judged on the drop alone
+    assert loss_trend(steps)["still_falling"] and not loss_trend([1.0] * 40)["still_falling"]
     with pytest.raises(ValueError, match="fraction"):
         loss_trend(flat, fraction=0.7)
     with pytest.raises(ValueError, match="min_window"):
