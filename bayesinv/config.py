@@ -26,6 +26,14 @@ table other than ``kind``/``name`` is passed to the constructor or method as a k
     name = "exact"        # "map", "mcmc", "vi" or "exact"
     num_samples = 64
 
+Prior kinds (``[prior] kind``): ``"gaussian"`` (:meth:`GaussianPrior.stationary`), ``"flow"`` (a
+flow saved with :func:`bayesinv.flows.io.save_flow`: ``path = "..."``), ``"pretrained"`` (a
+shipped flow prior: ``name = "glow_phantom32"``), ``"patchnr"`` (a shipped patch flow as patchNR
+regulariser: ``flow = "patchnr_ct"``, ``weight``, ``n_patches``, ``pad``, ``replace``) and
+``"wpp"`` (a Wasserstein patch prior whose reference patches come from an embedded image:
+``reference = "grass"``, ``reference_size``, ``weight``, ``patch_size``, ...). Patch priors are
+energy priors, so ``method = "map"`` runs image MAP (Adam on pixels) on them.
+
 Unknown kinds, missing tables and wrong keys give a ``ValueError`` naming the table and key.
 """
 
@@ -54,11 +62,47 @@ OPERATORS: dict[str, tuple[str, str, str | None]] = {
     "eikonal": ("bayesinv.operators.eikonal", "Eikonal", None),
 }
 
-#: prior kind -> (module, class, factory method or None)
+#: prior kind -> (module, class or function, factory method or None)
 PRIORS: dict[str, tuple[str, str, str | None]] = {
     "gaussian": ("bayesinv.priors.gaussian", "GaussianPrior", "stationary"),
     "flow": ("bayesinv.priors.flow", "FlowPrior", "from_file"),
+    "pretrained": ("bayesinv.data.pretrained", "load_prior", None),
+    "patchnr": ("bayesinv.config", "patchnr_prior", None),
+    "wpp": ("bayesinv.config", "wpp_prior", None),
 }
+
+#: prior kinds whose image shape is fixed by the prior itself (not passed from ``[data]``)
+_SHAPED_PRIORS = ("flow", "pretrained")
+
+
+def patchnr_prior(image_shape: tuple[int, int, int], flow: str, weight: float = 1.0, *,
+                  n_patches: int | None = 40_000, pad: int = 0, seed: int | None = None,
+                  replace: bool = True):
+    """``[prior] kind = "patchnr"``: :class:`~bayesinv.priors.patchnr.PatchNRPrior` with the shipped
+    patch flow ``flow`` (:func:`bayesinv.data.pretrained.available`, e.g. ``"patchnr_ct"``)."""
+    from .data.pretrained import load_flow_weights
+    from .priors.patchnr import PatchNRPrior
+
+    if not isinstance(flow, str) or not flow.startswith("patchnr"):
+        raise ValueError(f"[prior] flow: expected the name of a shipped patch flow ('patchnr_ct', "
+                         f"'patchnr_natural'), got {flow!r}")
+    return PatchNRPrior(load_flow_weights(flow), image_shape, weight, n_patches=n_patches, pad=pad,
+                        seed=seed, replace=replace)
+
+
+def wpp_prior(image_shape: tuple[int, int, int], reference: str, weight: float = 1.0, *,
+              reference_size: int | None = None, reference_crop: float = 1.0, patch_size: int = 6,
+              n_reference: int = 10_000, scales: int = 2, inner_steps: int = 10,
+              inner_lr: float = 1.0, seed: int = 0):
+    """``[prior] kind = "wpp"``: :class:`~bayesinv.priors.wpp.WassersteinPatchPrior` whose
+    reference patches are those of the embedded image ``reference`` (``"grass"``, ``"brick"``, ...;
+    :func:`bayesinv.data.load_image` with ``reference_size`` / ``reference_crop``)."""
+    from .data import load_image
+    from .priors.wpp import WassersteinPatchPrior
+
+    ref = load_image(reference, size=reference_size, crop=reference_crop)
+    return WassersteinPatchPrior(ref, image_shape, weight, patch_size=patch_size, n_reference=n_reference,
+                                 scales=scales, inner_steps=inner_steps, inner_lr=inner_lr, seed=seed)
 
 METHODS = ("map", "mcmc", "vi", "exact")
 
@@ -130,7 +174,7 @@ def build_problem(cfg: dict[str, Any], image_shape: tuple[int, int, int]):
     operator = _call(_resolve(cfg["operator"], OPERATORS, "operator"), op_cfg, "operator", image_shape)
     pr_cfg = {k: v for k, v in cfg["prior"].items() if k != "kind"}
     factory = _resolve(cfg["prior"], PRIORS, "prior")
-    if cfg["prior"]["kind"] == "flow":
+    if cfg["prior"]["kind"] in _SHAPED_PRIORS:
         prior = _call(factory, pr_cfg, "prior")
     else:
         prior = _call(factory, pr_cfg, "prior", image_shape)

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from bayesinv import __version__
@@ -82,3 +83,49 @@ def test_run_files_for_mcmc_and_vi(tmp_path, name, floor):
     post = Posterior.load(tmp_path / "posterior.nc")
     assert post.num_draws >= 64 and float(post.std.mean()) > 0
     assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_patchnr_run_file_beats_bicubic(tmp_path):
+    """`[prior] kind = "patchnr"` with a shipped patch flow: image MAP from the run file."""
+    from pathlib import Path
+
+    from bayesinv.config import build_problem, load_truth, read_config, run_config
+    from bayesinv.metrics import psnr
+    from bayesinv.priors.patchnr import PatchNRPrior
+
+    cfg = read_config(Path(__file__).resolve().parents[1] / "examples" / "sr_patchnr_map.toml")
+    out = run_config(cfg, out=tmp_path, device="cpu")
+    truth = load_truth(cfg)
+    problem = build_problem(cfg, tuple(truth.shape[1:]))
+    assert isinstance(problem.prior, PatchNRPrior) and problem.prior.n_patches == 300
+    y = problem.simulate(truth, seed=cfg["seed"])
+    bicubic = psnr(problem.operator.bicubic(y)[0].clamp(0, 1), truth[0])
+    # measured: patchNR MAP 28.64 dB, bicubic 24.73 dB (48x48 camera, 2x, 100 Adam steps)
+    assert out["psnr"] > bicubic + 3.0, (out["psnr"], bicubic)
+    assert (tmp_path / "report.html").stat().st_size > 10_000
+
+
+def test_pretrained_and_wpp_prior_kinds(tmp_path):
+    from bayesinv.config import build_problem, run_config
+    from bayesinv.data import load_image
+    from bayesinv.priors.flow import FlowPrior
+    from bayesinv.priors.patches import extract_patches
+    from bayesinv.priors.wpp import WassersteinPatchPrior
+
+    base = {"data": {"image": "phantom", "size": 32, "seed": 10_000},
+            "operator": {"kind": "sparse_view_ct", "n_angles": 12}, "noise": {"sigma": 0.5}}
+    cfg = {**base, "prior": {"kind": "pretrained", "name": "glow_phantom32"}}
+    problem = build_problem(cfg, (1, 32, 32))
+    assert isinstance(problem.prior, FlowPrior) and problem.prior.image_shape == (1, 32, 32)
+    out = run_config({**cfg, "method": {"name": "map", "steps": 5}}, out=tmp_path / "flow", device="cpu")
+    assert out["psnr"] > 20.0  # latent MAP with the phantom Glow on a held-out phantom
+    wpp = build_problem({**base, "prior": {"kind": "wpp", "reference": "grass", "reference_size": 40,
+                                           "weight": 10.0, "n_reference": 500, "scales": 1}}, (1, 32, 32)).prior
+    assert isinstance(wpp, WassersteinPatchPrior) and wpp.weight == 10.0
+    q = wpp.reference_patches(0)  # 500 of the 35 x 35 patches of the 40 x 40 grass image
+    all_q = extract_patches(load_image("grass", 40)[None], 6)[0]
+    assert q.shape == (500, 36) and bool((torch.cdist(q, all_q, compute_mode="donot_use_mm_for_euclid_dist").min(1).values < 1e-6).all())
+    with pytest.raises(ValueError, match="flow"):
+        build_problem({**base, "prior": {"kind": "patchnr", "flow": "glow_phantom32"}}, (1, 32, 32))
+    with pytest.raises(ValueError, match="unknown key"):
+        build_problem({**base, "prior": {"kind": "wpp", "reference": "grass", "weigth": 1.0}}, (1, 32, 32))
