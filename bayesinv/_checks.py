@@ -67,6 +67,15 @@ def check_positive(value: float, name: str, *, allow_zero: bool = False) -> floa
     return v
 
 
+def check_real(value: object, name: str) -> float:
+    """Return ``value`` as a float if it is a finite real number (not a bool), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
+    return float(value)
+
+
 def check_int(value: object, name: str, *, minimum: int = 1) -> int:
     """Return ``value`` as an int if it is an integer >= ``minimum``, else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):

@@ -75,6 +75,7 @@ from .._checks import (
     check_choice,
     check_int,
     check_positive,
+    check_real,
     make_generator,
 )
 from ..flows.conditional import ConditionalGlow, StandardNormalBase
@@ -202,7 +203,7 @@ class ConditionalAffineFlow(ConditionalTransformModule):
         hidden_t = _hidden_widths(hidden)
         if cnn_channels is not None:
             cnn_channels = check_int(cnn_channels, "cnn_channels")
-        context_loc = _finite_float(context_loc, "context_loc")
+        context_loc = check_real(context_loc, "context_loc")
         context_scale = check_positive(context_scale, "context_scale")
         self.dim = math.prod(self.event_shape)
         m = math.prod(self.context_shape)
@@ -341,14 +342,6 @@ class _ConditionedAffine(dist.transforms.Transform):
     def log_abs_det_jacobian(self, eps: Tensor, z: Tensor) -> Tensor:
         batch = z.shape[:z.dim() - len(self.parent.event_shape)]
         return self.parent.log_diag.sum().expand(batch)
-
-
-def _finite_float(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name}: expected a real number, got {value!r}")
-    if not math.isfinite(float(value)):
-        raise ValueError(f"{name}: expected a finite number, got {value}")
-    return float(value)
 
 
 def _hidden_widths(hidden: object) -> tuple[int, ...]:
