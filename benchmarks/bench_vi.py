@@ -129,14 +129,10 @@ FULL = {"n_ct": 8, "n_cov": 2, "map_steps": 15, "vi_steps": 1500, "vi_lr": 1e-3,
         "amort_lr": 1e-3, "amort_batch": 16, "amort_train_mean": False, "n_amort_test": 8, "n_amort_cov": 8,
         "fig_rows": 3, "sr_size": 32, "sr_map_steps": 200, "sr_vi_steps": 150, "sr_particles": 2,
         "sr_init_scale": 0.01}
-QUICK = {"n_ct": 1, "n_cov": 1, "map_steps": 10, "vi_steps": 100, "vi_lr": 3e-4, "particles": 4,
-         "init_scale": 0.05, "laplace_init": True, "laplace_shrinks": [0.1], "laplace_shrink": 0.1,
-         "n_samples": 64, "n_train": 4000, "amort_ellipse_fraction": 0.8, "amort_cnn_channels": 16,
-         "pretrain_steps": 400, "pretrain_batch": 32, "pretrain_lr": 2e-3, "pretrain_loss": "log_mse",
-         "amort_steps": 50,
-         "amort_lr": 3e-4, "amort_batch": 16, "amort_train_mean": False, "n_amort_test": 4, "n_amort_cov": 4,
-         "fig_rows": 1, "sr_size": 32, "sr_map_steps": 150, "sr_vi_steps": 100, "sr_particles": 2,
-         "sr_init_scale": 0.01}
+#: Quick mode: the full settings with fewer images, steps and draws.
+QUICK = {**FULL, "n_ct": 1, "n_cov": 1, "map_steps": 10, "vi_steps": 100, "vi_lr": 3e-4, "laplace_shrinks": [0.1],
+         "n_samples": 64, "n_train": 4000, "pretrain_steps": 400, "amort_steps": 50, "amort_lr": 3e-4,
+         "n_amort_test": 4, "n_amort_cov": 4, "fig_rows": 1, "sr_map_steps": 150, "sr_vi_steps": 100}
 
 
 # -- helpers ---------------------------------------------------------------------------------------
