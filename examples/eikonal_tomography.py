@@ -140,6 +140,7 @@ from bayesinv.metrics import psnr
 from bayesinv.operators.base import Operator
 from bayesinv.operators.eikonal import Eikonal
 from bayesinv.priors.flow import FlowPrior
+from bayesinv.priors.gaussian import GaussianPrior
 from bayesinv.problem import InverseProblem
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,6 +166,11 @@ NUTS_DEPTH_FULL = 5
 NUTS_WARMUP_FULL = 20
 NUTS_SAMPLES_FULL = 50
 NUTS_INIT_SCALE = 0.0  # chain starts: MAP + this many Laplace stds along random directions
+# (f) Gaussian reference prior: the moments of the velocity Glow's own training set
+# (scripts/train_velocity_prior.py: velocity_models(4000, seed=0)), unit scale, plus a nugget
+GAUSS_N_TRAIN = 4000
+GAUSS_TRAIN_SEED = 0
+GAUSS_NUGGET = 1e-4
 
 
 class UnitVelocityEikonal(Operator):
@@ -268,6 +274,56 @@ def laplace_draws(problem: InverseProblem, z_map: Tensor, cov: Tensor, n: int, s
     z = z_map.detach().double().reshape(1, d) + xi @ chol.T
     with torch.no_grad():
         return problem.prior.generate(z.to(z_map.dtype).reshape(n, *z_map.shape))
+
+
+def gaussian_reference_prior(n: int = GAUSS_N_TRAIN, seed: int = GAUSS_TRAIN_SEED, *,
+                             nugget: float = GAUSS_NUGGET) -> GaussianPrior:
+    r"""The Gaussian :math:`\mathcal N(\bar u, \hat\Sigma + \epsilon I)` with the mean and
+    covariance of ``n`` models of the velocity family (unit scale), the classical geostatistical
+    prior of traveltime tomography (Tarantola 2005, ch. 3).
+
+    Defaults: the 4 000 models the velocity Glow was trained on (``velocity_models(4000,
+    seed=0)``), so both priors see the same data and differ only in being Gaussian or not;
+    :math:`\epsilon` = ``nugget`` keeps :math:`\hat\Sigma` (rank :math:`\le n - 1`, and
+    near-singular along the smooth layered modes) positive definite.
+    """
+    n = check_int(n, "n", minimum=2)
+    nugget = check_positive(nugget, "nugget")
+    u = to_unit(velocity_models(n, N, seed=check_int(seed, "seed", minimum=0),
+                                dtype=torch.float64)).flatten(1)
+    cov = torch.cov(u.T) + nugget * torch.eye(u.shape[1], dtype=torch.float64)
+    return GaussianPrior(u.mean(0).reshape(1, N, N).float(), covariance=cov.float())
+
+
+def region_calibration(mean: Tensor, std: Tensor, truth: Tensor, rays: Tensor) -> dict:
+    r"""Is the std large where the error is? Per pixel-set pair of :func:`ray_regions`.
+
+    For a set :math:`R`: the RMS error :math:`e_R = (\frac1{|R|}\sum_{j\in R}(m_j -
+    u_j)^2)^{1/2}` of the posterior mean :math:`m` against the truth :math:`u`, the RMS std
+    :math:`s_R`, and their ratio :math:`z_R = e_R / s_R` (about 1 for a posterior calibrated on
+    the set, above 1 where it is over-confident). ``error_ratio`` :math:`e_{num}/e_{den}` is
+    what "the std should be larger where rays do not reach" presumes about the errors;
+    ``std_ratio`` :math:`s_{num}/s_{den}` what the posterior says. One truth per model: a
+    check of the premise, not a Monte-Carlo estimate. All inputs ``(H, W)``.
+    """
+    shapes = {tuple(t.shape) for t in (mean, std, truth, rays)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"mean/std/truth/rays: expected four (H, W) maps of one shape, got "
+                         f"{[tuple(t.shape) for t in (mean, std, truth, rays)]}")
+    err2 = (mean.double() - truth.double()) ** 2
+    var = std.double() ** 2
+
+    def rms(a: Tensor, m: Tensor) -> float:
+        return math.sqrt(float(a[m].mean()))
+
+    out = {}
+    for pair, (num, den) in ray_regions(rays).items():
+        e_n, e_d, s_n, s_d = rms(err2, num), rms(err2, den), rms(var, num), rms(var, den)
+        out[pair] = {"error_rms": [e_n, e_d], "std_rms": [s_n, s_d],
+                     "z": [e_n / s_n if s_n > 0 else float("inf"), e_d / s_d if s_d > 0 else float("inf")],
+                     "error_ratio": e_n / e_d if e_d > 0 else float("inf"),
+                     "std_ratio": s_n / s_d if s_d > 0 else float("inf")}
+    return out
 
 
 def chain_starts(z_map: Tensor, cov: Tensor, num_chains: int, scale: float, seed: int) -> Tensor:
@@ -543,6 +599,9 @@ def nuts_summary(post, z_map: Tensor, cov: Tensor, u_map: float) -> dict:
 # crossing a cell adds ~h). Not relative to the median density: over 40 % of the cells carry no
 # ray at all, so the median is ~0.01 h and would be 0 with a little less coverage.
 UNREACHED_FRACTION = 0.05
+#: the posteriors compared on the std criterion: NUTS and Laplace (Glow prior), and the Laplace
+#: of the Gaussian reference prior (f)
+METHODS = ("nuts", "laplace", "gaussian_prior")
 
 
 def std_ratios(std: Tensor, rays: Tensor, sens: Tensor) -> dict:
@@ -633,6 +692,10 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
         prior_std = prior.generate(torch.randn((cfg["n_prior_draws"], *prior.latent_shape),
                                                generator=torch.Generator().manual_seed(1))).std(0)[0]
 
+    prior_g = gaussian_reference_prior()
+    problem_g = InverseProblem(op, prior_g, noise=SIGMA)
+    prior_std_g = prior_g.dense_covariance().diagonal().sqrt().reshape(N, N).float()
+
     def data(seed: int, k: int) -> tuple[Tensor, Tensor]:
         u = to_unit(velocity_models(1, N, seed=seed))
         with torch.no_grad():
@@ -709,6 +772,25 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
                                                           rays, prior_std),
                           **std_ratios(lap_std, rays, sens),
                           "normalised": std_ratios(lap_std / prior_std, rays, sens)}
+        rec["nuts"]["calibration_by_region"] = region_calibration(mean[0], std[0], u[0, 0], rays)
+        rec["laplace"]["calibration_by_region"] = region_calibration(lap.mean(0)[0], lap_std,
+                                                                     u[0, 0], rays)
+        # (f) the Gaussian reference prior: latent MAP (= image-space MAP in whitened
+        # coordinates) and its Gauss-Newton Laplace (exact if the forward map were linear)
+        t0 = time.perf_counter()
+        p_gm = map_estimate(problem_g, y, method="latent", steps=cfg["map_steps"], seed=i,
+                            progress=progress)
+        z_g = p_gm.latent_samples[0, 0]
+        gd = laplace_draws(problem_g, z_g, latent_laplace_covariance(problem_g, z_g),
+                           cfg["n_laplace_draws"], seed)
+        g_std = gd.std(0)[0]
+        rec["gaussian_prior"] = {
+            "psnr_map": _psnr(p_gm.point_estimate, u[0]), "psnr_mean": _psnr(gd.mean(0), u[0]),
+            "time_s": time.perf_counter() - t0, "mean_std": float(g_std.mean()),
+            "std_ratio_mc": std_ratio_table(gd[:n_lap].reshape(4, -1, *gd.shape[1:]), rays,
+                                            prior_std_g),
+            **std_ratios(g_std, rays, sens), "normalised": std_ratios(g_std / prior_std_g, rays, sens),
+            "calibration_by_region": region_calibration(gd.mean(0)[0], g_std, u[0, 0], rays)}
         rec["prior_std"] = std_ratios(prior_std, rays, sens)
         rec["ray_density"] = {"sum_s_times_density_over_sum_T": float(
             ((1.0 / op.velocity(mean[None])[0, 0]) * rays).sum() / op(mean[None]).sum()),
@@ -716,7 +798,7 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
             "fraction_zero": float((rays == 0).float().mean())}
         models.append(rec)
         figs.append((u[0, 0], x_tik[0, 0], x_map[0], x_g[0], mean[0], std[0], std[0] / prior_std,
-                     lap_std, rays, sens))
+                     lap_std, g_std, rays, sens))
         nu = rec["nuts"]
         mc = nu["std_ratio_mc"]
         print(f"model {seed}: PSNR tikhonov {rec['tikhonov']['psnr']:.2f}  map {rec['map']['psnr']:.2f}"
@@ -727,13 +809,20 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
                   for pair, kinds in mc.items() for kind, v in kinds.items())
               + f"; step {np.mean(nu['step_size']):.3f}, accept {nu['accept_prob']:.2f},"
                 f" {nu['time_s']:.0f} s", flush=True)
+        for pair in nu["calibration_by_region"]:
+            print(f"  {pair}: error ratio {nu['calibration_by_region'][pair]['error_ratio']:.2f}; "
+                  "std ratio / z (num, den) " + "; ".join(
+                      f"{k} {rec[k]['calibration_by_region'][pair]['std_ratio']:.2f} / "
+                      f"{rec[k]['calibration_by_region'][pair]['z'][0]:.2f}, "
+                      f"{rec[k]['calibration_by_region'][pair]['z'][1]:.2f}" for k in METHODS)
+                  + f"; Gaussian prior PSNR {rec['gaussian_prior']['psnr_mean']:.2f}", flush=True)
 
     def avg(key: str, sub: str = "psnr", norm: bool = False) -> float:
         return float(np.mean([(m[key]["normalised"] if norm else m[key])[sub] for m in models]))
 
     def summary(sub: str) -> dict[str, float]:
         out = {f"{k}{'_normalised' if n else ''}": avg(k, sub, n)
-               for k in ("nuts", "laplace") for n in (False, True)}
+               for k in METHODS for n in (False, True)}
         out["prior_std"] = avg("prior_std", sub)
         return out
 
@@ -754,14 +843,17 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
         "models": models,
         "mean_psnr": {"tikhonov": avg("tikhonov"), "map": avg("map"),
                       "map_gaussianized": avg("map_gaussianized"),
-                      "nuts_mean": avg("nuts", "psnr_mean")},
+                      "nuts_mean": avg("nuts", "psnr_mean"),
+                      "gaussian_prior_mean": avg("gaussian_prior", "psnr_mean")},
         "psnr_per_model": [{"seed": m["seed"], "tikhonov": m["tikhonov"]["psnr"], "map": m["map"]["psnr"],
                             "nuts_mean": m["nuts"]["psnr_mean"],
+                            "gaussian_prior_mean": m["gaussian_prior"]["psnr_mean"],
                             "nuts_mean_minus_tikhonov": m["nuts"]["psnr_mean"] - m["tikhonov"]["psnr"]}
                            for m in models],
         "nuts_mean_beats_tikhonov_on_every_model": all(
             m["nuts"]["psnr_mean"] > m["tikhonov"]["psnr"] for m in models),
         "std_ratio_mc": mc_summary(models),
+        "calibration_by_region": calibration_summary(models),
         "std_vs_ray_coverage": {
             "coverage": "ray density r_j = sum_{s,r} dT_sr/ds_j (ray length per cell, km), at the "
                         "NUTS posterior mean",
@@ -797,6 +889,28 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
     return result
 
 
+def calibration_summary(models: list[dict]) -> dict:
+    r"""The ``calibration_by_region`` block of the JSON: for each posterior in :data:`METHODS`
+    and each pair of pixel sets, the per-model :func:`region_calibration` numbers as lists and
+    their means over the models. ``error_ratio`` is one number per model (the error of the
+    posterior mean of that method); ``z`` is ``[num, den]`` per model."""
+    out: dict = {"what": "error_ratio = RMS error of the posterior mean on the first set / on the "
+                         "second; std_ratio = RMS posterior std likewise; z = RMS error / RMS std "
+                         "per set (~1 calibrated, > 1 over-confident)"}
+    for method in METHODS:
+        out[method] = {}
+        for pair in models[0][method]["calibration_by_region"]:
+            recs = [m[method]["calibration_by_region"][pair] for m in models]
+            out[method][pair] = {
+                "error_ratio": [r["error_ratio"] for r in recs],
+                "std_ratio": [r["std_ratio"] for r in recs],
+                "z": [r["z"] for r in recs],
+                "mean_error_ratio": float(np.mean([r["error_ratio"] for r in recs])),
+                "mean_std_ratio": float(np.mean([r["std_ratio"] for r in recs])),
+                "mean_z": [float(np.mean([r["z"][k] for r in recs])) for k in (0, 1)]}
+    return out
+
+
 def mc_summary(models: list[dict]) -> dict:
     """The ``std_ratio_mc`` block of the JSON: per-model table, pooled ratios and a verdict."""
     pairs = list(models[0]["nuts"]["std_ratio_mc"])
@@ -811,7 +925,7 @@ def mc_summary(models: list[dict]) -> dict:
         "per_model": [], "pooled": {}}
     for m in models:
         row: dict = {"seed": m["seed"]}
-        for method in ("nuts", "laplace"):
+        for method in METHODS:
             row[method] = {pair: {kind: {
                 "ratio": v["ratio"], "ci": v["ci"], "std_ratio": v["std_ratio"], "std_ci": v["std_ci"],
                 "excludes_one": v["excludes_one"], "per_chain_std_ratio": v["per_chain_std_ratio"],
@@ -820,7 +934,7 @@ def mc_summary(models: list[dict]) -> dict:
                 for kind, v in kinds.items()} for pair, kinds in m[method]["std_ratio_mc"].items()}
         out["per_model"].append(row)
     verdict = []
-    for method in ("nuts", "laplace"):
+    for method in METHODS:
         out["pooled"][method] = {}
         for pair in pairs:
             out["pooled"][method][pair] = {}
@@ -866,19 +980,19 @@ def _figure(rows: list, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     titles = ["truth", "Tikhonov", "latent MAP", "MAP + G", "NUTS mean", "NUTS std",
-              "NUTS std / prior std", "Laplace std", "ray density (slowness)",
+              "NUTS std / prior std", "Laplace std", "Gaussian-prior std", "ray density (slowness)",
               "old: |dT/du| (velocity)"]
-    fig, axes = plt.subplots(len(rows), 10, figsize=(23, 2.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), len(titles), figsize=(25, 2.6 * len(rows)), squeeze=False)
     for r, panels in enumerate(rows):
         for k, (ax, img) in enumerate(zip(axes[r], panels, strict=True)):
             a = img.detach().cpu().numpy()
             if k < 5:
                 im = ax.imshow(from_unit(np.clip(a, 0, 1)), vmin=VMIN, vmax=VMAX, cmap="viridis")
-            elif k in (5, 7):
+            elif k in (5, 7, 8):
                 im = ax.imshow(a * (VMAX - VMIN), cmap="magma")
             elif k == 6:
                 im = ax.imshow(a, cmap="magma")
-            elif k == 8:  # ray length per cell in units of the spacing, log scale
+            elif k == 9:  # ray length per cell in units of the spacing, log scale
                 im = ax.imshow(np.log10(a / SPACING + 1e-3), cmap="gray", vmin=-3)
             else:
                 im = ax.imshow(np.log10(a + 1e-12 * a.max() + 1e-30), cmap="gray")
