@@ -6,6 +6,7 @@ Usage::
     python examples/eikonal_tomography.py            # 4 held-out models (~30-40 CPU minutes)
     python examples/eikonal_tomography.py --quick    # 1 model, short chains (~3 minutes)
     python examples/eikonal_tomography.py --out DIR  # figure + JSON into DIR
+    python examples/eikonal_tomography.py --error-premise 32  # MAP errors by region (~15 min)
 
 Setting
 -------
@@ -44,7 +45,8 @@ Methods
     the library falls back to one row at a time), 256 draws pushed through the flow. Cheap and
     independent, but Gaussian in the latent, and the latent posterior is not: at four draws
     :math:`\hat z + \Sigma^{1/2}\xi` (model 10_000) the potential exceeds :math:`U(\hat z)`
-    by 540-5300 (a Gaussian would give :math:`D/2 = 512`), i.e. it is much narrower than the Laplace in
+    by 540-5300 (a Gaussian would give :math:`D/2 = 512`), i.e. it is much narrower than the
+    Laplace in
     some directions, which is why NUTS must take steps of only ~0.03 Laplace standard
     deviations.
 
@@ -119,28 +121,43 @@ numbers as the run before (f) was added (every seed fixed):
   1.40-1.65 (normalised 1.89-2.25); R-hat ≤ 1.04. Its std map is largest in the top rows,
   outside the aperture. Its posterior mean: 21.04 / 21.22 / 21.58 / 21.52 dB (mean 21.34):
   above Tikhonov on 3 of 4 models (−0.60 dB on 10_000), 1.0 dB below the Glow's NUTS mean.
-* Where are the errors? The posterior mean's RMS error is **smaller** where rays do not reach,
-  for every posterior (``calibration_by_region``, unreached / reached): NUTS 0.68 / 0.44 /
-  0.97 / 0.83 (low / high ray density 0.38-0.68), Laplace 0.40-1.05, Gaussian prior 0.30-0.98.
-  The Glow posteriors' std is highest along the layer interfaces, which the first-arrival
-  rays follow (the NUTS std panels in the figure), and does not grow away from the rays. The
-  Gaussian prior's larger std there is not matched by larger errors:
-  :math:`z` (RMS error / RMS std) is 0.31-0.81 unreached vs 1.08-1.38 reached, under-confident
-  away from the rays and over-confident on them; NUTS: 0.61-1.01 vs 1.13-1.56.
+* Where are the errors, on these 4 models? The posterior mean's RMS error is **smaller**
+  where rays do not reach, for every posterior (``calibration_by_region``, unreached /
+  reached): NUTS 0.68 / 0.44 / 0.97 / 0.83 (low / high ray density 0.38-0.68), Laplace
+  0.40-1.05, Gaussian prior 0.30-0.98. The Glow posteriors' std is highest along the layer
+  interfaces, which the first-arrival rays follow (the NUTS std panels in the figure). The
+  Gaussian prior's larger std away from the rays is not matched by larger errors: :math:`z`
+  (RMS error / RMS std) is 0.31-0.81 unreached vs 1.08-1.38 reached; NUTS 0.61-1.01 vs
+  1.13-1.56.
+* Four models are too few for that (``--error-premise 32``, :func:`error_premise`;
+  ``benchmarks/results/eikonal_error_premise.json``, 634 s): on 32 more held-out models
+  (10_004..10_035) the latent MAP's error is larger where rays do not reach on 17 of 32 (Glow)
+  and 20 of 32 (Gaussian prior), per-model ratios 0.36-14.1 (Glow; the three above 3 are models
+  where its MAP is 1.2-6.2 dB below the Gaussian prior's) and 0.22-4.6; pooled over the models
+  (RMS over models and pixels) **1.17 [0.91, 1.50]** (Glow) and 1.15 [0.91, 1.44] (Gaussian),
+  95 % bootstrap intervals over the models. The 4 models above, rerun the same way with fresh
+  noise, are mostly among those where it is smaller (Glow MAP error ratios 0.49-1.05).
+* On the same 32 models the **Glow** Laplace std is larger where rays do not reach on 23 of
+  32, pooled **1.08 [1.02, 1.15]** (per model 0.76-1.72; on the 4 models above 0.85-0.95), and
+  it follows the errors: across models the log std ratio and the log error ratio correlate
+  with r = 0.60; :math:`z` = 1.30 [1.07, 1.50] unreached vs 1.19 [1.01, 1.36] reached (a
+  little over-confident in both). The **Gaussian** prior's std is larger there on 32 of 32,
+  pooled 1.40 [1.37, 1.44], whatever the errors do (r = −0.12): :math:`z` 0.85 [0.73, 0.96]
+  unreached (under-confident) vs 1.04 [0.88, 1.18] reached. Latent MAP PSNR over the 32:
+  Glow 22.11 dB, Gaussian prior 21.74 dB.
 
-**Verdict: with the Glow prior the std map is at most ~10 % larger where rays do not reach,
-and that is not established; a Gaussian prior makes it 30-48 % larger, but its errors are
-not larger there.** For NUTS the 95 % interval excludes 1 on 1 of 4 models (one variant); the
-average over models is 1.09 [1.00, 1.17] (1.13 [1.05, 1.22] normalised), with R-hat up to
-1.24, so even that interval is optimistic. The Gauss–Newton Laplace leans the other way.
-On these layered models the errors of all three posterior means are smaller where rays do
-not reach, so a posterior whose std tracks its errors need not be larger there: the
-criterion holds for the Gaussian prior, whose std reflects distance from the rays, and not
-for the Glow, whose std is largest where the interfaces are uncertain. The reading that the
-layered prior couples the unreached rows to the reached ones is consistent with these
-numbers; it is not tested directly. ``std_ratio_mc`` and ``calibration_by_region`` in the
-JSON carry every number above (per model, per chain, pooled, ``verdict`` and
-``nuts_interval_excludes_one_on_every_model``).
+**Verdict: with the Glow prior the std map is larger where rays do not reach on average, by
+about 8-13 %, consistent with how much larger the errors are there.** Pooled over 32 held-out
+models the Glow Laplace std ratio (unreached / reached) is 1.08 [1.02, 1.15] against an error
+ratio of 1.17 [0.91, 1.50]; NUTS, on the 4 models of the full run, 1.09 [1.00, 1.17] (1.13
+[1.05, 1.22] prior-std normalised), with R-hat up to 1.24, so that interval is optimistic. It
+is **not** larger on every model: on the 4 models of the full run the errors are smaller where
+rays do not reach, and the Glow std is not clearly larger there (NUTS 1.00-1.13, every
+interval containing 1; Laplace 0.79-0.95). A Gaussian prior gives a uniformly larger std there
+(1.30-1.48 on every model), which reflects the distance from the rays, not the errors, and is
+under-confident away from them.
+``std_ratio_mc``, ``calibration_by_region`` and ``eikonal_error_premise.json`` carry every
+number above (per model, per chain, pooled).
 
 Writes ``eikonal_tomography.png`` and ``eikonal_inversion.json`` into ``--out`` (default
 ``benchmarks/results/``). ``main(quick)`` returns the same dict.
@@ -343,20 +360,160 @@ def region_calibration(mean: Tensor, std: Tensor, truth: Tensor, rays: Tensor) -
     if len(shapes) != 1 or len(next(iter(shapes))) != 2:
         raise ValueError(f"mean/std/truth/rays: expected four (H, W) maps of one shape, got "
                          f"{[tuple(t.shape) for t in (mean, std, truth, rays)]}")
-    err2 = (mean.double() - truth.double()) ** 2
+    out = region_errors(mean, truth, rays)
     var = std.double() ** 2
+    for pair, (num, den) in ray_regions(rays).items():
+        (e_n, e_d), s_n, s_d = out[pair]["error_rms"], _rms(var, num), _rms(var, den)
+        out[pair].update({"std_rms": [s_n, s_d], "z": [_div(e_n, s_n), _div(e_d, s_d)],
+                          "std_ratio": _div(s_n, s_d)})
+    return out
 
-    def rms(a: Tensor, m: Tensor) -> float:
-        return math.sqrt(float(a[m].mean()))
 
+def _rms(sq: Tensor, mask: Tensor) -> float:
+    return math.sqrt(float(sq[mask].mean()))
+
+
+def _div(a: float, b: float) -> float:
+    return a / b if b > 0 else float("inf")
+
+
+def region_errors(estimate: Tensor, truth: Tensor, rays: Tensor) -> dict:
+    r"""RMS error of ``estimate`` against ``truth`` on each pixel-set pair of :func:`ray_regions`
+    of ``rays``: ``{pair: {"error_rms": [e_num, e_den], "error_ratio": e_num / e_den}}``,
+    :math:`e_R = (\frac1{|R|}\sum_{j\in R}(m_j - u_j)^2)^{1/2}`. All inputs ``(H, W)``."""
+    shapes = {tuple(t.shape) for t in (estimate, truth, rays)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 2:
+        raise ValueError(f"estimate/truth/rays: expected three (H, W) maps of one shape, got "
+                         f"{[tuple(t.shape) for t in (estimate, truth, rays)]}")
+    err2 = (estimate.detach().double() - truth.double()) ** 2
     out = {}
     for pair, (num, den) in ray_regions(rays).items():
-        e_n, e_d, s_n, s_d = rms(err2, num), rms(err2, den), rms(var, num), rms(var, den)
-        out[pair] = {"error_rms": [e_n, e_d], "std_rms": [s_n, s_d],
-                     "z": [e_n / s_n if s_n > 0 else float("inf"), e_d / s_d if s_d > 0 else float("inf")],
-                     "error_ratio": e_n / e_d if e_d > 0 else float("inf"),
-                     "std_ratio": s_n / s_d if s_d > 0 else float("inf")}
+        e_n, e_d = _rms(err2, num), _rms(err2, den)
+        out[pair] = {"error_rms": [e_n, e_d], "error_ratio": _div(e_n, e_d)}
     return out
+
+
+def error_premise(n_models: int = 16, *, seed0: int = TEST_SEED0 + 4, map_steps: int = 8,
+                  n_laplace_draws: int = 128, weights: str | os.PathLike = WEIGHTS,
+                  out: str | os.PathLike | None = None) -> dict:
+    r"""Are the errors larger where rays do not reach? The premise of the std criterion, on
+    ``n_models`` more held-out models (default seeds 10_004.., disjoint from :func:`main`'s).
+
+    Per model: the latent MAP with the Glow (b) and with the Gaussian reference prior (f)
+    (``map_steps`` L-BFGS outer steps, as :func:`main`), and :func:`region_errors` of each,
+    with the ray density (:func:`ray_density`) of the **true** model (where the first-arrival
+    rays really go) and of the estimate itself (what a user can compute); and the Laplace std
+    of each (``n_laplace_draws`` draws, as (e)), with :func:`region_calibration` of the MAP and
+    that std on the estimate's rays. Over the models: the mean, range and geometric mean of
+    ``error_ratio``, a two-sided sign test (:func:`scipy.stats.binomtest`) of "ratio < 1"
+    against 1/2, and the **pooled** ratios, which are what calibration is about:
+    :math:`(\sum_m e_{m,num}^2 / \sum_m e_{m,den}^2)^{1/2}` for the errors, the same for the
+    stds, and :math:`z_R = (\sum_m e_{m,R}^2 / \sum_m s_{m,R}^2)^{1/2}` per set (a calibrated
+    posterior has :math:`E[e_R^2] = E[s_R^2]` over data sets), each with a 95 % bootstrap
+    interval over the models (:func:`_bootstrap_pooled`). No MCMC: the MAPs stand in for the
+    posterior means, which were within 1.2 dB of them in :func:`main`. Writes
+    ``eikonal_error_premise.json`` into ``out`` (if given).
+    """
+    from scipy.stats import binomtest
+
+    n_models = check_int(n_models, "n_models", minimum=1)
+    map_steps = check_int(map_steps, "map_steps", minimum=1)
+    n_laplace_draws = check_int(n_laplace_draws, "n_laplace_draws", minimum=2)
+    t_all = time.perf_counter()
+    eik = make_eikonal()
+    op = UnitVelocityEikonal(eik)
+    eik_s = slowness_eikonal(eik)
+    flow = load_flow(weights)
+    flow.eval()
+    for p in flow.parameters():
+        p.requires_grad_(False)
+    problems = {"glow_map": InverseProblem(op, FlowPrior(flow), noise=SIGMA),
+                "gaussian_prior_map": InverseProblem(op, gaussian_reference_prior(), noise=SIGMA)}
+    models = []
+    for i in range(n_models):
+        seed = check_int(seed0, "seed0", minimum=0) + i
+        u = to_unit(velocity_models(1, N, seed=seed))
+        with torch.no_grad():
+            y = problems["glow_map"].simulate(u, seed=NOISE_SEED0 + 1000 + i)
+        rays_true = ray_density(eik_s, op.velocity(u))
+        rec: dict = {"seed": seed, "unreached_fraction_truth": float(
+            (rays_true < UNREACHED_FRACTION * SPACING).float().mean())}
+        for name, problem in problems.items():
+            p_map = map_estimate(problem, y, method="latent", steps=map_steps, seed=i,
+                                 progress=False)
+            est, z_map = p_map.point_estimate, p_map.latent_samples[0, 0]
+            rays_est = ray_density(eik_s, op.velocity(est[None]))
+            std = laplace_draws(problem, z_map, latent_laplace_covariance(problem, z_map),
+                                n_laplace_draws, seed).std(0)[0]
+            rec[name] = {"psnr": _psnr(est, u[0]),
+                         "rays_of_truth": region_errors(est[0], u[0, 0], rays_true),
+                         "rays_of_estimate": region_errors(est[0], u[0, 0], rays_est),
+                         "laplace_calibration": region_calibration(est[0], std, u[0, 0],
+                                                                   rays_est)}
+        models.append(rec)
+        print(f"premise model {seed}: " + "; ".join(
+            f"{k} {rec[k]['psnr']:.2f} dB, error ratio " + ", ".join(
+                f"{pair} {v['error_ratio']:.2f}" for pair, v in rec[k]["rays_of_truth"].items())
+            for k in problems), flush=True)
+    summary: dict = {}
+    for name in problems:
+        summary[name] = {"mean_psnr": float(np.mean([m[name]["psnr"] for m in models]))}
+        for rays_of in ("rays_of_truth", "rays_of_estimate"):
+            summary[name][rays_of] = {}
+            for pair in models[0][name][rays_of]:
+                r = np.array([m[name][rays_of][pair]["error_ratio"] for m in models
+                              if pair in m[name][rays_of]])
+                k = int((r < 1).sum())
+                summary[name][rays_of][pair] = {
+                    "n_models": int(r.size), "mean": float(r.mean()), "min": float(r.min()),
+                    "max": float(r.max()), "geometric_mean": float(np.exp(np.log(r).mean())),
+                    "n_below_one": k, "sign_test_p": float(binomtest(k, r.size, 0.5).pvalue)}
+        summary[name]["pooled_laplace_calibration"] = {}
+        for pair in models[0][name]["laplace_calibration"]:
+            recs = [m[name]["laplace_calibration"][pair] for m in models
+                    if pair in m[name]["laplace_calibration"]]
+            e2 = np.array([r["error_rms"] for r in recs]) ** 2  # (model, [num, den])
+            s2 = np.array([r["std_rms"] for r in recs]) ** 2
+            summary[name]["pooled_laplace_calibration"][pair] = _bootstrap_pooled(e2, s2, seed=0)
+    result = {"example": "examples/eikonal_tomography.py --error-premise", "seed0": seed0,
+              "n_models": n_models, "map_steps": map_steps,
+              "what": "error_ratio = RMS error of the MAP where rays do not reach / where they "
+                      "do (ray_regions of the true model's or the estimate's ray density); "
+                      "the std criterion presumes it is above 1",
+              "models": models, "summary": summary,
+              "total_time_s": time.perf_counter() - t_all,
+              "platform": {"python": platform.python_version(), "torch": torch.__version__,
+                           "threads": torch.get_num_threads()}}
+    if out is not None:
+        path = Path(out)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "eikonal_error_premise.json").write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _bootstrap_pooled(e2: np.ndarray, s2: np.ndarray, *, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95) -> dict:
+    r"""Pooled ratios over models from per-model mean squared errors ``e2`` and variances ``s2``
+    ``(n_models, 2)`` (column 0 the first set, 1 the second): ``error_ratio`` :math:`(\sum_m
+    e^2_{m0}/\sum_m e^2_{m1})^{1/2}`, ``std_ratio`` likewise, ``z`` :math:`(\sum_m
+    e^2_{mR}/\sum_m s^2_{mR})^{1/2}` for both sets; each with a percentile bootstrap interval
+    (models resampled with replacement, ``n_boot`` times, seeded)."""
+    if e2.ndim != 2 or e2.shape[1] != 2 or e2.shape != s2.shape:
+        raise ValueError(f"e2/s2: expected two (n_models, 2) arrays, got {e2.shape}, {s2.shape}")
+
+    def stats(e: np.ndarray, s: np.ndarray) -> np.ndarray:
+        se, ss = e.sum(0), s.sum(0)
+        return np.sqrt([se[0] / se[1], ss[0] / ss[1], se[0] / ss[0], se[1] / ss[1]])
+
+    point = stats(e2, s2)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, e2.shape[0], size=(n_boot, e2.shape[0]))
+    boot = np.array([stats(e2[k], s2[k]) for k in idx])
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    ci = [[float(a), float(b)] for a, b in zip(lo, hi, strict=True)]
+    return {"n_models": int(e2.shape[0]), "error_ratio": float(point[0]), "error_ratio_ci": ci[0],
+            "std_ratio": float(point[1]), "std_ratio_ci": ci[1],
+            "z": [float(point[2]), float(point[3])], "z_ci": [ci[2], ci[3]], "level": level}
 
 
 def chain_starts(z_map: Tensor, cov: Tensor, num_chains: int, scale: float, seed: int) -> Tensor:
@@ -1050,8 +1207,14 @@ def _cli(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Eikonal cross-well tomography with a Glow prior")
     p.add_argument("--quick", action="store_true", help="1 model, short chains")
     p.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results)")
+    p.add_argument("--error-premise", type=int, default=0, metavar="N",
+                   help="instead: are MAP errors larger where rays do not reach? N more models")
     a = p.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if a.error_premise:
+        r = error_premise(a.error_premise, out=a.out if a.out is not None else DEFAULT_OUT)
+        print(json.dumps(r["summary"], indent=1))
+        return 0
     r = main(a.quick, a.out)
     print(json.dumps(r["mean_psnr"], indent=1))
     c = r["std_vs_ray_coverage"]

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -382,6 +383,64 @@ def test_region_calibration_compares_errors_with_stds_per_region(example):
         example.region_calibration(mean, sd[:-1], truth, rays)
     with pytest.raises(ValueError, match="mean/std/truth/rays"):
         example.region_calibration(mean[None], sd[None], truth[None], rays[None])
+
+
+def test_region_errors_and_the_error_premise_run(example, tmp_path):
+    N = example.N
+    rays = torch.zeros(N, N)
+    rays[10:] = 1.0
+    truth = torch.zeros(N, N)
+    est = torch.full((N, N), 0.1)
+    est[:10] = 0.3  # error 0.3 where no ray goes, 0.1 elsewhere
+    out = example.region_errors(est, truth, rays)
+    assert out["unreached_vs_reached"]["error_rms"] == pytest.approx([0.3, 0.1])
+    assert out["unreached_vs_reached"]["error_ratio"] == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="estimate/truth/rays"):
+        example.region_errors(est[None], truth, rays)
+    if not WEIGHTS.exists():
+        pytest.skip("glow_velocity32 weights not shipped")
+    torch.set_num_threads(1)
+    res = example.error_premise(1, map_steps=1, out=tmp_path)
+    saved = json.loads((tmp_path / "eikonal_error_premise.json").read_text())
+    assert saved["n_models"] == 1 and saved["models"][0]["seed"] == example.TEST_SEED0 + 4
+    m = res["models"][0]
+    assert 0.2 < m["unreached_fraction_truth"] < 0.8  # rows outside the aperture at least
+    for name in ("glow_map", "gaussian_prior_map"):
+        assert 10.0 < m[name]["psnr"] < 40.0
+        for rays_of in ("rays_of_truth", "rays_of_estimate"):
+            s = res["summary"][name][rays_of]["low_vs_high_ray_density"]
+            r = m[name][rays_of]["low_vs_high_ray_density"]["error_ratio"]
+            assert s["mean"] == pytest.approx(r) and s["n_models"] == 1
+            assert s["n_below_one"] == int(r < 1) and s["sign_test_p"] == pytest.approx(1.0)
+        cal = m[name]["laplace_calibration"]["low_vs_high_ray_density"]
+        assert all(0.0 < v < 1.0 for v in cal["std_rms"])  # unit-scale velocity stds
+        pooled = res["summary"][name]["pooled_laplace_calibration"]["low_vs_high_ray_density"]
+        assert pooled["z"] == pytest.approx(cal["z"]) and pooled["n_models"] == 1
+        assert pooled["std_ratio"] == pytest.approx(cal["std_ratio"])
+    with pytest.raises(ValueError, match="n_models"):
+        example.error_premise(0)
+
+
+def test_bootstrap_pooled_ratios_of_summed_squares(example):
+    # model 0: e2 = (4, 1), s2 = (4, 1); model 1: e2 = (0, 1), s2 = (4, 1)
+    e2 = np.array([[4.0, 1.0], [0.0, 1.0]])
+    s2 = np.array([[4.0, 1.0], [4.0, 1.0]])
+    out = example._bootstrap_pooled(e2, s2, n_boot=500, seed=1)
+    assert out["error_ratio"] == pytest.approx((4 / 2) ** 0.5)
+    assert out["std_ratio"] == pytest.approx(2.0)
+    assert out["z"] == pytest.approx([0.5 ** 0.5, 1.0])
+    lo, hi = out["error_ratio_ci"]
+    assert lo == pytest.approx(0.0) and hi == pytest.approx(2.0)  # resamples {0,0},{0,1},{1,1}
+    assert out["std_ratio_ci"] == pytest.approx([2.0, 2.0]) and out["z_ci"][1] == pytest.approx([1.0, 1.0])
+    # many calibrated models: pooled z -> 1 within its interval
+    rng = np.random.default_rng(0)
+    s2 = rng.uniform(0.5, 2.0, size=(200, 2))
+    e2 = s2 * rng.chisquare(50, size=(200, 2)) / 50
+    out = example._bootstrap_pooled(e2, s2, seed=0)
+    for (lo, hi), z in zip(out["z_ci"], out["z"], strict=True):
+        assert lo < 1.0 < hi and z == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="e2/s2"):
+        example._bootstrap_pooled(e2[:, :1], s2[:, :1])
 
 
 def test_gaussian_reference_prior_has_the_family_moments(example):
