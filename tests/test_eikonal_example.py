@@ -421,6 +421,14 @@ def test_region_errors_and_the_error_premise_run(example, tmp_path):
         example.error_premise(0)
 
 
+def test_main_rejects_bad_model_ranges_before_any_work(example, tmp_path):
+    with pytest.raises(ValueError, match="seed0"):
+        example.main(quick=True, out=tmp_path / "a", seed0=example.TEST_SEED0 - 1)
+    with pytest.raises(ValueError, match="n_models"):
+        example.main(quick=True, out=tmp_path / "b", n_models=0)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_bootstrap_pooled_ratios_of_summed_squares(example):
     # model 0: e2 = (4, 1), s2 = (4, 1); model 1: e2 = (0, 1), s2 = (4, 1)
     e2 = np.array([[4.0, 1.0], [0.0, 1.0]])
@@ -487,6 +495,7 @@ def test_example_quick_mode(tmp_path):
     res = ex.main(quick=True, out=tmp_path)
     assert (tmp_path / "eikonal_inversion.json").exists() and Path(res["figure"]).exists()
     assert json.loads((tmp_path / "eikonal_inversion.json").read_text())["quick"] is True
+    assert res["settings"]["seed0"] == ex.TEST_SEED0 and res["models"][0]["seed"] == ex.TEST_SEED0
     p = res["mean_psnr"]
     # measured (quick, model 10_000; 4 chains x 10 draws, depth 4): Tikhonov 21.87, MAP 23.00,
     # NUTS mean 22.47, MAP+G 15.51 dB; the flow prior must beat smooth Tikhonov
