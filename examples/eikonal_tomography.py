@@ -201,6 +201,7 @@ from bayesinv.gaussianize.layer import GaussianizationLayer
 from bayesinv.infer.laplace import latent_laplace_covariance
 from bayesinv.infer.map import map_estimate
 from bayesinv.infer.mcmc import sample_posterior
+from bayesinv.infer.posterior import Posterior
 from bayesinv.metrics import psnr
 from bayesinv.operators.base import Operator
 from bayesinv.operators.eikonal import Eikonal
@@ -268,6 +269,26 @@ def make_eikonal() -> Eikonal:
     src = np.stack([rows, np.zeros_like(rows)], 1)
     rec = np.stack([rows, np.full_like(rows, N - 1)], 1)
     return Eikonal((1, N, N), SPACING, sources=src, receivers=rec, tol=1e-3, max_sweeps=50)
+
+
+def glow_setup(weights: str | os.PathLike = WEIGHTS) -> tuple[Eikonal, UnitVelocityEikonal,
+                                                               Eikonal, FlowPrior]:
+    """The cross-well solver, its unit-velocity operator, the slowness-parametrised solver
+    (:func:`ray_density`) and the frozen velocity Glow prior from ``weights``."""
+    eik = make_eikonal()
+    flow = load_flow(weights)
+    flow.eval()
+    for p in flow.parameters():
+        p.requires_grad_(False)
+    return eik, UnitVelocityEikonal(eik), slowness_eikonal(eik), FlowPrior(flow)
+
+
+def simulate_model(problem: InverseProblem, seed: int, noise_seed: int) -> tuple[Tensor, Tensor]:
+    """Held-out model ``velocity_models(1, seed=seed)`` in unit scale ``(1, 1, N, N)`` and its
+    noisy traveltimes (noise seeded by ``noise_seed``)."""
+    u = to_unit(velocity_models(1, N, seed=seed))
+    with torch.no_grad():
+        return u, problem.simulate(u, seed=noise_seed)
 
 
 def settings(quick: bool) -> dict:
@@ -339,6 +360,15 @@ def laplace_draws(problem: InverseProblem, z_map: Tensor, cov: Tensor, n: int, s
     z = z_map.detach().double().reshape(1, d) + xi @ chol.T
     with torch.no_grad():
         return problem.prior.generate(z.to(z_map.dtype).reshape(n, *z_map.shape))
+
+
+def laplace_at_map(problem: InverseProblem, p_map: Posterior, n: int,
+                   seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    r"""The latent MAP :math:`\hat z` of the posterior ``p_map`` (from :func:`map_estimate`), its
+    Laplace covariance :math:`\Sigma` and ``n`` :func:`laplace_draws` (seeded by ``seed``)."""
+    z_map = p_map.latent_samples[0, 0]
+    cov = latent_laplace_covariance(problem, z_map)  # (J^T J / sigma^2 + I)^{-1}, float64
+    return z_map, cov, laplace_draws(problem, z_map, cov, n, seed)
 
 
 def gaussian_reference_prior(n: int = GAUSS_N_TRAIN, seed: int = GAUSS_TRAIN_SEED, *,
@@ -434,32 +464,24 @@ def error_premise(n_models: int = 16, *, seed0: int = TEST_SEED0 + 4, map_steps:
     n_models = check_int(n_models, "n_models", minimum=1)
     map_steps = check_int(map_steps, "map_steps", minimum=1)
     n_laplace_draws = check_int(n_laplace_draws, "n_laplace_draws", minimum=2)
+    seed0 = check_int(seed0, "seed0", minimum=0)
     t_all = time.perf_counter()
-    eik = make_eikonal()
-    op = UnitVelocityEikonal(eik)
-    eik_s = slowness_eikonal(eik)
-    flow = load_flow(weights)
-    flow.eval()
-    for p in flow.parameters():
-        p.requires_grad_(False)
-    problems = {"glow_map": InverseProblem(op, FlowPrior(flow), noise=SIGMA),
+    _, op, eik_s, prior = glow_setup(weights)
+    problems = {"glow_map": InverseProblem(op, prior, noise=SIGMA),
                 "gaussian_prior_map": InverseProblem(op, gaussian_reference_prior(), noise=SIGMA)}
     models = []
     for i in range(n_models):
-        seed = check_int(seed0, "seed0", minimum=0) + i
-        u = to_unit(velocity_models(1, N, seed=seed))
-        with torch.no_grad():
-            y = problems["glow_map"].simulate(u, seed=NOISE_SEED0 + 1000 + i)
+        seed = seed0 + i
+        u, y = simulate_model(problems["glow_map"], seed, NOISE_SEED0 + 1000 + i)
         rays_true = ray_density(eik_s, op.velocity(u))
         rec: dict = {"seed": seed, "unreached_fraction_truth": float(
             (rays_true < UNREACHED_FRACTION * SPACING).float().mean())}
         for name, problem in problems.items():
             p_map = map_estimate(problem, y, method="latent", steps=map_steps, seed=i,
                                  progress=False)
-            est, z_map = p_map.point_estimate, p_map.latent_samples[0, 0]
+            est = p_map.point_estimate
             rays_est = ray_density(eik_s, op.velocity(est[None]))
-            std = laplace_draws(problem, z_map, latent_laplace_covariance(problem, z_map),
-                                n_laplace_draws, seed).std(0)[0]
+            std = laplace_at_map(problem, p_map, n_laplace_draws, seed)[2].std(0)[0]
             rec[name] = {"psnr": _psnr(est, u[0]),
                          "rays_of_truth": region_errors(est[0], u[0, 0], rays_true),
                          "rays_of_estimate": region_errors(est[0], u[0, 0], rays_est),
@@ -893,15 +915,8 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
     out_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     torch.manual_seed(0)
-    eik = make_eikonal()
-    op = UnitVelocityEikonal(eik)
+    eik, op, eik_s, prior = glow_setup(weights)
     op_w = UnitVelocityEikonal(eik, scale=1.0 / SIGMA)
-    eik_s = slowness_eikonal(eik)
-    flow = load_flow(weights)
-    flow.eval()
-    for p in flow.parameters():
-        p.requires_grad_(False)
-    prior = FlowPrior(flow)
     problem = InverseProblem(op, prior, noise=SIGMA)
     with torch.no_grad():  # prior pixel std, to separate the data's effect from the prior's
         prior_std = prior.generate(torch.randn((cfg["n_prior_draws"], *prior.latent_shape),
@@ -911,15 +926,9 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
     problem_g = InverseProblem(op, prior_g, noise=SIGMA)
     prior_std_g = prior_g.dense_covariance().diagonal().sqrt().reshape(N, N).float()
 
-    def data(seed: int, k: int) -> tuple[Tensor, Tensor]:
-        u = to_unit(velocity_models(1, N, seed=seed))
-        with torch.no_grad():
-            y = problem.simulate(u, seed=NOISE_SEED0 + k)
-        return u, y
-
     # (a) Tikhonov weight on a separate validation model
     t0 = time.perf_counter()
-    u_val, y_val = data(VAL_SEED, 99)
+    u_val, y_val = simulate_model(problem, VAL_SEED, NOISE_SEED0 + 99)
     val_scores = {}
     for w in cfg["tikhonov_grid"]:
         val_scores[w] = _psnr(run_tikhonov(op_w, y_val, w, cfg["tikhonov_iters"]), u_val[0])
@@ -931,7 +940,7 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
     for j in range(cfg["n_models"]):
         seed = seed0 + j
         i = seed - TEST_SEED0  # the model's own noise / optimiser / chain seed offset
-        u, y = data(seed, i)
+        u, y = simulate_model(problem, seed, NOISE_SEED0 + i)
         rec: dict = {"seed": seed}
         t0 = time.perf_counter()
         x_tik = run_tikhonov(op_w, y, w_best, cfg["tikhonov_iters"])
@@ -955,9 +964,7 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
                                    "latent_norm": float(p_g.latent_samples.norm())}
 
         t0 = time.perf_counter()
-        z_map = p_map.latent_samples[0, 0]
-        cov = latent_laplace_covariance(problem, z_map)  # (J^T J / sigma^2 + I)^{-1}, float64
-        lap = laplace_draws(problem, z_map, cov, cfg["n_laplace_draws"], seed)
+        z_map, cov, lap = laplace_at_map(problem, p_map, cfg["n_laplace_draws"], seed)
         lap_std = lap.std(0)[0]
         n_constrained = int((torch.linalg.eigvalsh(cov) < 0.5).sum())  # eigenvalues of H above 2
         t_lap = time.perf_counter() - t0
@@ -996,9 +1003,7 @@ def main(quick: bool = False, out: str | os.PathLike | None = None, *,
         t0 = time.perf_counter()
         p_gm = map_estimate(problem_g, y, method="latent", steps=cfg["map_steps"], seed=i,
                             progress=progress)
-        z_g = p_gm.latent_samples[0, 0]
-        gd = laplace_draws(problem_g, z_g, latent_laplace_covariance(problem_g, z_g),
-                           cfg["n_laplace_draws"], seed)
+        gd = laplace_at_map(problem_g, p_gm, cfg["n_laplace_draws"], seed)[2]
         g_std = gd.std(0)[0]
         rec["gaussian_prior"] = {
             "psnr_map": _psnr(p_gm.point_estimate, u[0]), "psnr_mean": _psnr(gd.mean(0), u[0]),
