@@ -98,7 +98,17 @@ def test_bench_latent_map_quick(tmp_path):
         methods = task["methods"]
         assert {"latent_map", "tikhonov", "tv"} <= set(methods)
         if name in ("mri4x", "deblur"):
-            assert "latent_map_gaussianized" in methods
+            assert {"latent_map_gaussianized", "latent_map_gaussianized_tau_val",
+                    "latent_map_gaussianized_warm"} <= set(methods)
+            scan = task["tau_scan_validation"]
+            assert set(scan["factors"]) == {"0.85", "1.0"}
+            best = max(scan["factors"].values(), key=lambda v: v["val_psnr"])
+            assert methods["latent_map_gaussianized_tau_val"]["scale_tau"] == pytest.approx(best["scale_tau"])
+            # started at the plain MAP, the layer keeps that latent's norm: RMS == its own tau
+            warm = methods["latent_map_gaussianized_warm"]
+            assert warm["latent_norm_over_sqrt_D"] == pytest.approx(warm["scale_tau"], rel=1e-4)
+            plain_rms = methods["latent_map"]["latent_norm_over_sqrt_D"]
+            assert warm["scale_tau"] == pytest.approx(plain_rms, rel=1e-3)
         for m in methods.values():
             assert len(m["psnr"]) == task["n_test"]
             assert _finite(m["psnr_mean"], m["psnr_std"], m["ssim_mean"], m["ssim_std"])
