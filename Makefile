@@ -54,7 +54,7 @@ docs: install-docs
 	$(VENV)/bin/mkdocs build --strict -d site
 
 lint: install
-	$(VENV)/bin/ruff check bayesinv tests
+	$(VENV)/bin/ruff check bayesinv tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache

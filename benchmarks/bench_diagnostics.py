@@ -20,7 +20,8 @@ Usage::
     python benchmarks/bench_diagnostics.py [--size 64] [--quick] [--subset 200] [--threads 1]
                                            [--repeat 3]
 
-Writes (updates) ``benchmarks/results/diagnostics.json``, one entry per image size.
+Writes (updates) ``benchmarks/results/diagnostics.json``, one entry per image size (``--quick``:
+``diagnostics.quick.json``).
 """
 
 from __future__ import annotations
@@ -69,8 +70,12 @@ def main(argv: list[str] | None = None, quick: bool = False) -> dict:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per side; the minimum is kept")
     ap.add_argument("--workers", type=int, default=None,
                     help="threads for the parallel run of ours (default: all usable cores)")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "diagnostics.json"))
+    ap.add_argument("--out", default=None,
+                    help="JSON file (default results/diagnostics.json, quick: diagnostics.quick.json)")
     args = ap.parse_args(argv)
+    if args.out is None:  # a quick run never updates the full measurement
+        args.out = str(Path(__file__).parent / "results"
+                       / ("diagnostics.quick.json" if args.quick else "diagnostics.json"))
     if args.quick:
         args.size, args.subset = min(args.size, 32), min(args.subset, 50)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

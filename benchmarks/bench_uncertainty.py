@@ -68,7 +68,7 @@ import sys
 import time
 import warnings
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +143,7 @@ def assemble_metrics(draws: Sequence[Any], truths: Sequence[Any], *, levels: Seq
           .detach().double().cpu() for d in draws]
     ts = [torch.as_tensor(np.asarray(t, dtype=np.float64) if not isinstance(t, Tensor) else t)
           .detach().double().cpu() for t in truths]
-    for i, (x, t) in enumerate(zip(xs, ts)):
+    for i, (x, t) in enumerate(zip(xs, ts, strict=True)):
         if x.shape[1:] != t.shape:
             raise ValueError(f"truths: truth {i} has shape {tuple(t.shape)}, draws {tuple(x.shape)}")
         if x.shape[0] < max(2, sbc_draws):
@@ -152,22 +152,22 @@ def assemble_metrics(draws: Sequence[Any], truths: Sequence[Any], *, levels: Seq
     # coverage: flatten every problem's pixels; draws per problem may differ, so per problem
     n_tot = sum(t.numel() for t in ts)
     inside = np.zeros(len(levels))
-    for x, t in zip(xs, ts):
+    for x, t in zip(xs, ts, strict=True):
         inside += coverage_curve(x.numpy(), t.numpy(), levels).empirical * t.numel()
     cov = inside / n_tot
     lv = np.asarray(levels, dtype=float)
     # error-std correlation, pooled and per problem
     means = [x.mean(0) for x in xs]
     stds = [x.std(0) for x in xs]
-    err = torch.cat([(m - t).abs().flatten() for m, t in zip(means, ts)])
+    err = torch.cat([(m - t).abs().flatten() for m, t in zip(means, ts, strict=True)])
     sd = torch.cat([s.flatten() for s in stds])
     pooled = 0.0 if float(err.std()) == 0 or float(sd.std()) == 0 else \
         float(torch.corrcoef(torch.stack([err, sd]))[0, 1])
-    per = [error_std_correlation(m, s, t) for m, s, t in zip(means, stds, ts)]
+    per = [error_std_correlation(m, s, t) for m, s, t in zip(means, stds, ts, strict=True)]
     # SBC on thinned draws at random pixels
     gen = np.random.default_rng(seed)
     ranks = []
-    for x, t in zip(xs, ts):
+    for x, t in zip(xs, ts, strict=True):
         idx = np.round(np.linspace(0, x.shape[0] - 1, sbc_draws)).astype(int)
         r = sbc_ranks(x[idx].flatten(1).numpy(), t.flatten().numpy())
         if sbc_pixels is not None and sbc_pixels < r.size:
@@ -175,11 +175,11 @@ def assemble_metrics(draws: Sequence[Any], truths: Sequence[Any], *, levels: Seq
         ranks.append(r)
     ranks_all = np.concatenate(ranks)
     sbc = sbc_test(ranks_all, sbc_draws)
-    return {"coverage": {f"{a:g}": float(c) for a, c in zip(lv, cov)},
+    return {"coverage": {f"{a:g}": float(c) for a, c in zip(lv, cov, strict=True)},
             "coverage_stderr": {f"{a:g}": float(math.sqrt(a * (1 - a) / n_tot)) for a in lv},
             "std_error_corr": pooled, "std_error_corr_per_problem": per,
             "std_error_corr_mean": float(np.mean(per)), "mean_std": float(sd.mean()),
-            "rmse": float(torch.cat([(m - t).flatten() for m, t in zip(means, ts)]).pow(2).mean().sqrt()),
+            "rmse": float(torch.cat([(m - t).flatten() for m, t in zip(means, ts, strict=True)]).pow(2).mean().sqrt()),
             "sbc": {"pvalue": sbc.pvalue, "statistic": sbc.statistic, "counts": sbc.counts.tolist(),
                     "num_draws": sbc_draws, "n_ranks": int(ranks_all.size),
                     "mean_rank_over_S": float(ranks_all.mean() / sbc_draws)},
@@ -245,7 +245,6 @@ def run_vi(problem, y: Tensor, z_map: Tensor, cfg: dict[str, Any], seed: int) ->
     ELBO is kept (model selection by the objective, the truth is not used).
     """
     from bayesinv.infer.variational import fit_variational
-
     from benchmarks.bench_vi import _affine_guide, laplace_scale_tril
 
     base = laplace_scale_tril(problem, z_map)
@@ -356,7 +355,7 @@ def main(quick: bool = False, out_dir: str | Path | None = RESULTS_DIR) -> dict[
            "prior": PRIOR, "tasks": TASKS, "settings": cfg, "results": results,
            "wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
            "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+           "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
            "machine": platform.platform(), "cpu_count": os.cpu_count(),
            "load_average_end": list(load) if load else None}
     if out_dir is not None:

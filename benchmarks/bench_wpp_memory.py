@@ -110,7 +110,9 @@ def main(quick: bool = False) -> dict:
     }
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "wpp_memory.json").write_text(json.dumps(results, indent=2) + "\n")
+    # a quick run (2 000 reference patches) never replaces the full measurement
+    (out / ("wpp_memory.quick.json" if quick else "wpp_memory.json")).write_text(
+        json.dumps(results, indent=2) + "\n")
     print(json.dumps(results["summary"], indent=2))
     return results
 

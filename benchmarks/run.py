@@ -7,7 +7,9 @@
 * every other ``benchmarks/bench_*.py`` that defines ``main(quick: bool) -> dict`` (others are
   skipped with a note); a bench that raises makes the exit status 1.
 
-Everything is combined in ``results/summary.md`` (and ``results/summary.json``).
+Everything is combined in ``results/summary.md`` (and ``results/summary.json``); ``--quick``
+writes ``summary.quick.{md,json}`` and every bench writes its ``*.quick.*`` files, so a quick run
+never replaces a full measurement.
 ``--only`` takes a comma-separated list of ``quality`` and bench names (``bench_flows`` or
 ``flows``).
 """
@@ -154,10 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             benches[name] = f"FAILED: {type(exc).__name__}: {exc}"
             traceback.print_exc()
             status = 1
-    (out / "summary.md").write_text(summary_markdown(quality_md, benches, mode))
-    (out / "summary.json").write_text(json.dumps(
+    stem = "summary.quick" if args.quick else "summary"  # a quick run keeps the full summary
+    (out / f"{stem}.md").write_text(summary_markdown(quality_md, benches, mode))
+    (out / f"{stem}.json").write_text(json.dumps(
         {"mode": mode, "benches": benches, "status": status}, indent=1, default=str))
-    print(f"summary -> {out / 'summary.md'}")
+    print(f"summary -> {out / f'{stem}.md'}")
     return status
 
 

@@ -85,7 +85,7 @@ def test_cli_writes_floors_then_fails_when_a_floor_is_raised(tmp_path):
     table["quick"]["denoise/pinv"]["psnr"] += 5.0
     floors.write_text(json.dumps(table))
     assert main(args + ["--check-floors"]) == 1
-    assert "denoise | pinv" in (tmp_path / "res" / "summary.md").read_text()
+    assert "denoise | pinv" in (tmp_path / "res" / "summary.quick.md").read_text()
 
 
 def test_bench_discovery_runs_main_and_skips_others(tmp_path):
@@ -102,11 +102,12 @@ def test_bench_discovery_runs_main_and_skips_others(tmp_path):
     status = main(["--quick", "--only", "good,bench_nomain", "--out", str(out),
                    "--bench-dir", str(tmp_path)])
     assert status == 0
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.quick.md").read_text()
     assert "bench_good" in summary and "1.5" in summary and "no main" in summary
+    assert not (out / "summary.md").exists()  # a quick run never writes the full summary
     assert main(["--quick", "--only", "broken", "--out", str(out),
                  "--bench-dir", str(tmp_path)]) == 1
-    assert "FAILED: RuntimeError: boom" in (out / "summary.md").read_text()
+    assert "FAILED: RuntimeError: boom" in (out / "summary.quick.md").read_text()
 
 
 def test_unknown_names_raise():
