@@ -177,7 +177,9 @@ def batched_latent_map(problem, y: Tensor, *, gaussianize=None, iters: int = 500
 
     Minimises :math:`\sum_b \tfrac{1}{2\sigma^2}\|A(G(w_b)) - y_b\|^2 + \gamma\|w_b\|^2`,
     :math:`w = g(z)` with ``gaussianize`` (else :math:`w = z`), by one L-BFGS run of ``iters``
-    iterations per restart. Returns the images ``(B, C, H, W)`` (best restart per image) and
+    iterations per restart, from ``start`` ``(B, D)`` if given (else :math:`w_0 = 0`, or a seeded
+    :math:`\mathcal N(0, I)` draw with ``gaussianize``). Returns the images ``(B, C, H, W)``
+    (best restart per image) and
     per-image objectives, evaluation counts and timings.
     """
     b = y.shape[0]
@@ -332,7 +334,8 @@ def run_task(prior, task: Task, cfg: dict[str, Any], setting: str, gauss: bool) 
                            "methods": baselines(task, cfg["tv_iter"])}
     x, info = batched_latent_map(problem, task.y_test, iters=cfg["iters_plain"],
                                  restarts=cfg["restarts_plain"], seed=0)
-    out["methods"]["latent_map"] = {**scores(x, task.x_test), **info, "_x": x.detach()}
+    x_plain = x.detach()
+    out["methods"]["latent_map"] = {**scores(x, task.x_test), **info}
     print(f"  {task.name}: plain latent MAP {out['methods']['latent_map']['psnr_mean']:.2f} dB "
           f"({info['wall_s']:.0f} s)", flush=True)
     if gauss:
@@ -356,7 +359,7 @@ def run_task(prior, task: Task, cfg: dict[str, Any], setting: str, gauss: bool) 
               flush=True)
         # the two choices the comparison above fixes a priori, varied: tau chosen on validation
         # images (as the baselines' weights are), and the start/scale taken from the plain MAP
-        scan = scale_scan(prior, task, setting, tau, cfg["tau_factors"], cfg["iters_gauss"])
+        scan = scale_scan(problem, task, setting, tau, cfg["tau_factors"], cfg["iters_gauss"])
         out["tau_scan_validation"] = scan
         best = max(scan["factors"], key=lambda f: scan["factors"][f]["val_psnr"])
         g = GaussianizationLayer.for_prior(prior, scale=float(best) * tau, **GAUSS_SETTINGS[setting])
@@ -365,17 +368,15 @@ def run_task(prior, task: Task, cfg: dict[str, Any], setting: str, gauss: bool) 
         out["methods"]["latent_map_gaussianized_tau_val"] = {
             **scores(x, task.x_test), **info, "setting": setting, "scale_tau": float(best) * tau,
             "tau_factor": float(best)}
-        x, info = warm_gaussianized(prior, problem, task.y_test, out["methods"]["latent_map"]["_x"],
-                                    setting, cfg["iters_gauss"])
+        x, info = warm_gaussianized(problem, task.y_test, x_plain, setting, cfg["iters_gauss"])
         out["methods"]["latent_map_gaussianized_warm"] = {**scores(x, task.x_test), **info,
                                                           "setting": setting}
         for key in ("latent_map_gaussianized_tau_val", "latent_map_gaussianized_warm"):
             print(f"  {task.name}: {_LABELS[key]} {out['methods'][key]['psnr_mean']:.2f} dB", flush=True)
-    out["methods"]["latent_map"].pop("_x", None)
     return out
 
 
-def scale_scan(prior, task: Task, setting: str, tau: float, factors: Sequence[float],
+def scale_scan(problem, task: Task, setting: str, tau: float, factors: Sequence[float],
                iters: int) -> dict[str, Any]:
     r"""Validation PSNR of Gaussianized MAP with target scale :math:`f\,\tau` for each factor ``f``.
 
@@ -385,9 +386,8 @@ def scale_scan(prior, task: Task, setting: str, tau: float, factors: Sequence[fl
     TV/Tikhonov weights.
     """
     from bayesinv.gaussianize.layer import GaussianizationLayer
-    from bayesinv.problem import GaussianNoise, InverseProblem
 
-    problem = InverseProblem(task.operator, prior, GaussianNoise(task.sigma))
+    prior = problem.prior
     x, _ = batched_latent_map(problem, task.y_val, iters=iters)
     res: dict[str, Any] = {"tau": tau, "plain_val_psnr": scores(x, task.x_val)["psnr_mean"],
                            "factors": {}}
@@ -400,7 +400,7 @@ def scale_scan(prior, task: Task, setting: str, tau: float, factors: Sequence[fl
     return res
 
 
-def warm_gaussianized(prior, problem, y: Tensor, x_plain: Tensor, setting: str,
+def warm_gaussianized(problem, y: Tensor, x_plain: Tensor, setting: str,
                       iters: int) -> tuple[Tensor, dict[str, Any]]:
     r"""Gaussianized MAP started at the plain MAP's latent :math:`w^\star = G^{-1}(\hat x)`,
     with the target scale :math:`\tau_b = \|w^\star_b\|/\sqrt D` of that image's own MAP
@@ -409,19 +409,22 @@ def warm_gaussianized(prior, problem, y: Tensor, x_plain: Tensor, setting: str,
     """
     from bayesinv.gaussianize.layer import GaussianizationLayer
 
+    prior = problem.prior
     with torch.no_grad():
         w_plain, _ = prior.encode(x_plain)
-    xs, infos = [], []
+    xs: list[Tensor] = []
+    info: dict[str, Any] = {"objective": [], "latent_norm_over_sqrt_D": [], "scale_tau": [],
+                            "wall_s": 0.0}
     for b in range(y.shape[0]):
         tau_b = float(w_plain[b].pow(2).mean().sqrt())
         g = GaussianizationLayer.for_prior(prior, scale=tau_b, **GAUSS_SETTINGS[setting])
         x_b, info_b = batched_latent_map(problem, y[b:b + 1], gaussianize=g, iters=iters,
                                          start=w_plain[b:b + 1])
         xs.append(x_b)
-        infos.append({**info_b, "scale_tau": tau_b})
-    info = {k: [v for i in infos for v in (i[k] if isinstance(i[k], list) else [i[k]])]
-            for k in ("objective", "latent_norm_over_sqrt_D", "scale_tau")}
-    info["wall_s"] = float(sum(i["wall_s"] for i in infos))
+        info["objective"] += info_b["objective"]
+        info["latent_norm_over_sqrt_D"] += info_b["latent_norm_over_sqrt_D"]
+        info["scale_tau"].append(tau_b)
+        info["wall_s"] += info_b["wall_s"]
     return torch.cat(xs), info
 
 

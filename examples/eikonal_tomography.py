@@ -47,9 +47,8 @@ Methods
     independent, but Gaussian in the latent, and the latent posterior is not: at four draws
     :math:`\hat z + \Sigma^{1/2}\xi` (model 10_000) the potential exceeds :math:`U(\hat z)`
     by 540-5300 (a Gaussian would give :math:`D/2 = 512`), i.e. it is much narrower than the
-    Laplace in
-    some directions, which is why NUTS must take steps of only ~0.03 Laplace standard
-    deviations.
+    Laplace in some directions, which is why NUTS must take steps of only ~0.03 Laplace
+    standard deviations.
 
 (f) For reference, a Gaussian prior on the velocity itself, :math:`\mathcal N(\bar u, \hat\Sigma +
     10^{-4} I)` with the mean and covariance of the 4 000 models the Glow was trained on
