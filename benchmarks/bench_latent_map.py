@@ -55,12 +55,16 @@ Estimates are clipped to ``[0, 1]`` before PSNR/SSIM (:mod:`bayesinv.metrics`, d
 
 Usage::
 
-    python benchmarks/bench_latent_map.py [--quick] [--sigma 0.05]
+    python benchmarks/bench_latent_map.py [--quick] [--sigma 0.05] [--prior-weights FILE]
 
 Writes ``benchmarks/results/latent_map.json`` and ``benchmarks/results/latent_map.md`` (quick mode:
 ``latent_map.quick.json`` / ``latent_map.quick.md``). ``--sigma`` other than 0.01 reruns the two
 Gaussianization tasks at that noise level (does the verdict depend on the noise?) and writes
-``latent_map.sigma<sigma>.json`` / ``.md``.
+``latent_map.sigma<sigma>.json`` / ``.md``. ``--prior-weights FILE.safetensors`` (a flow saved by
+:func:`bayesinv.flows.io.save_flow`, its ``.json`` beside it; e.g. ``glow_phantom32_large`` from
+``scripts/train_priors.py``) reruns the two Gaussianization tasks with that Glow instead of the
+shipped one (does the verdict depend on the generator's size?) and writes
+``latent_map.prior-<name>[.sigma<sigma>].json`` / ``.md``.
 """
 
 from __future__ import annotations
@@ -113,7 +117,7 @@ LITERATURE = {
              "dcgan_psnr": 21.6},
         ],
         "differs": "natural faces 64x64 RGB, a large Glow trained on CelebA, gamma tuned; ours: "
-                   "32x32 ellipse phantoms, a 78k-parameter Glow, gamma = 1/2, sigma = 0.01",
+                   "32x32 ellipse phantoms, {glow}, gamma = 1/2, sigma = 0.01",
     },
     "gaussianization": {
         "source": "Li et al. 2023 (ICLR), CS-MRI / deblurring / eikonal with StyleGAN2 and Glow",
@@ -121,8 +125,8 @@ LITERATURE = {
         "note": "DESIGN.md §4 records only that Gaussianized MAP improves PSNR/SSIM over plain "
                 "latent MAP; it quotes no numbers",
         "differs": "large latents (StyleGAN2 / Glow at 64x64+), ICA on 8x8 patches of the "
-                   "image-shaped latent, Glow decoded at temperature 0.7; ours: a 78k-parameter "
-                   "Glow on 32x32 phantoms, 2x2 or 4x4 patches of the image-shaped latent, "
+                   "image-shaped latent, Glow decoded at temperature 0.7; ours: {glow} "
+                   "on 32x32 phantoms, 2x2 or 4x4 patches of the image-shaped latent, "
                    "output scaled to the validation latents' RMS",
     },
 }
@@ -438,9 +442,40 @@ _LABELS = {"init": "A†y / y", "pinv": "least squares A†y", "tikhonov": "Tikh
            "latent_map_gaussianized_warm": "latent MAP + Gaussianization (from the plain MAP, its τ)"}
 
 
+def literature(n_parameters: int) -> dict[str, Any]:
+    """:data:`LITERATURE` with our Glow's size filled in."""
+    glow = f"a {n_parameters / 1000:.0f}k-parameter Glow"
+    return {k: {**v, "differs": v["differs"].format(glow=glow)} for k, v in LITERATURE.items()}
+
+
+def load_glow_prior(prior_weights: str | Path | None):
+    """The shipped ``glow_phantom32`` (``None``) or the flow saved at ``prior_weights``, as a
+    frozen :class:`~bayesinv.priors.flow.FlowPrior`; returns ``(prior, name)``."""
+    from bayesinv.data.pretrained import load_prior
+    from bayesinv.flows.io import load_flow
+    from bayesinv.priors.flow import FlowPrior
+
+    if prior_weights is None:
+        prior, name = load_prior(PRIOR), PRIOR
+    else:
+        path = Path(prior_weights)
+        if path.suffix != ".safetensors" or not path.is_file():
+            raise ValueError(f"prior_weights: expected an existing .safetensors file written by "
+                             f"save_flow (config .json beside it), got {str(path)!r}")
+        prior, name = FlowPrior(load_flow(path).eval()).eval(), path.stem
+        if name == PRIOR:
+            raise ValueError(f"prior_weights: {name!r} is the shipped prior's name; omit "
+                             "prior_weights to use it, or rename the file")
+    for p in prior.parameters():
+        p.requires_grad_(False)
+    return prior, name
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
-    lines = ["# Latent MAP with the shipped Glow prior (`glow_phantom32`)", "",
+    shipped = result["prior"] == PRIOR
+    lines = [f"# Latent MAP with the {'shipped ' if shipped else ''}Glow prior (`{result['prior']}`"
+             f"{'' if shipped else ', not shipped'}, {result['prior_parameters']} parameters)", "",
              f"Held-out 32×32 ellipse phantoms (seeds ≥ {TEST_SEED}), {cfg['n_test']} test images, "
              f"σ = {result['sigma']}; mean ± std over images; estimates clipped to [0, 1]. "
              f"Plain MAP: L-BFGS {cfg['iters_plain']} iterations × {cfg['restarts_plain']} restart(s); "
@@ -471,7 +506,7 @@ def markdown(result: dict[str, Any]) -> str:
         for k, sc in scans.items():
             lines.append(f"| {k} | {sc['plain_val_psnr']:.2f} | "
                          + " | ".join(f"{v['val_psnr']:.2f}" for v in sc["factors"].values()) + " |")
-    lit = LITERATURE
+    lit = result["literature"]
     lines += ["", "## Seed papers (DESIGN.md §4) beside ours", "",
               f"**{lit['cs']['source']}**", "", "| m / D | Glow MAP | Lasso-DCT | DCGAN |", "|---|---|---|---|"]
     for r in lit["cs"]["rows"]:
@@ -565,28 +600,26 @@ def verdict(tasks: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def main(quick: bool = False, *, sigma: float = SIGMA,
-         out_dir: str | Path | None = RESULTS_DIR) -> dict[str, Any]:
+def main(quick: bool = False, *, sigma: float = SIGMA, out_dir: str | Path | None = RESULTS_DIR,
+         prior_weights: str | Path | None = None) -> dict[str, Any]:
     """Run the benchmark (``quick``: 2 images, a few iterations); returns the results dict.
 
     Writes ``latent_map.json`` and ``latent_map.md`` to ``out_dir`` (quick mode:
     ``latent_map.quick.json`` / ``.quick.md``, so a quick run never overwrites the full numbers;
     ``None``: nothing written). Another noise level ``sigma`` (a robustness check of the verdict)
     runs the two Gaussianization tasks only (MRI 4x, deblurring) and writes
-    ``latent_map.sigma<sigma>[.quick].{json,md}``.
+    ``latent_map.sigma<sigma>[.quick].{json,md}``. So does another Glow, ``prior_weights`` (see
+    :func:`load_glow_prior`), with ``.prior-<name>`` in the file names.
     """
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma > 0):
         raise ValueError(f"sigma: expected a positive noise std, got {sigma}")
-    from bayesinv.data.pretrained import load_prior
-
     torch.manual_seed(0)
     cfg = dict(QUICK if quick else FULL)
     t0 = time.perf_counter()
-    prior = load_prior(PRIOR)
-    for p in prior.parameters():
-        p.requires_grad_(False)
-    if sigma != SIGMA:
+    prior, prior_name = load_glow_prior(prior_weights)
+    n_parameters = sum(p.numel() for p in prior.parameters())
+    if sigma != SIGMA or prior_name != PRIOR:
         cfg["cs"] = False
     tasks = build_tasks(cfg["n_test"], cfg["n_val"], cfg["cs"], sigma)
     tuning: dict[str, Any] = {}
@@ -603,18 +636,19 @@ def main(quick: bool = False, *, sigma: float = SIGMA,
         results[task.name] = run_task(prior, task, cfg, setting, gauss=task.name in ("mri4x", "deblur"))
     check = cross_check(prior, tasks[0], cfg["iters_check"]) if cfg["iters_check"] else {}
     result: dict[str, Any] = {
-        "benchmark": "latent MAP (plain vs Gaussianized) with the shipped Glow prior",
-        "quick": quick, "prior": PRIOR, "sigma": sigma, "gamma": GAMMA, "config": cfg,
+        "benchmark": "latent MAP (plain vs Gaussianized) with a Glow prior",
+        "quick": quick, "prior": prior_name, "prior_parameters": n_parameters, "sigma": sigma, "gamma": GAMMA, "config": cfg,
         "gaussianization_setting": setting, "settings_tried": GAUSS_SETTINGS, "tuning": tuning,
         "cross_check_map_estimate": check,
-        "tasks": results, "literature": LITERATURE, "verdict": verdict(results),
+        "tasks": results, "literature": literature(n_parameters), "verdict": verdict(results),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.platform(), "wall_time_s": time.perf_counter() - t0,
     }
     if out_dir is not None:
         d = Path(out_dir)
         d.mkdir(parents=True, exist_ok=True)
-        stem = "latent_map" + ("" if sigma == SIGMA else f".sigma{sigma:g}") + (".quick" if quick else "")
+        stem = ("latent_map" + ("" if prior_name == PRIOR else f".prior-{prior_name}")
+                + ("" if sigma == SIGMA else f".sigma{sigma:g}") + (".quick" if quick else ""))
         (d / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
         (d / f"{stem}.md").write_text(markdown(result))
     print(markdown(result))
@@ -626,5 +660,8 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--sigma", type=float, default=SIGMA,
                     help=f"noise std (default {SIGMA}); another value runs MRI 4x and deblurring only")
+    ap.add_argument("--prior-weights", type=Path, default=None, metavar="FILE",
+                    help="another Glow (a save_flow .safetensors, e.g. glow_phantom32_large from "
+                         "scripts/train_priors.py); runs MRI 4x and deblurring only")
     args = ap.parse_args()
-    main(args.quick, sigma=args.sigma)
+    main(args.quick, sigma=args.sigma, prior_weights=args.prior_weights)

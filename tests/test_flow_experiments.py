@@ -114,6 +114,41 @@ def test_bench_latent_map_quick(tmp_path):
             assert _finite(m["psnr_mean"], m["psnr_std"], m["ssim_mean"], m["ssim_std"])
 
 
+def test_bench_latent_map_rejects_bad_prior_weights(tmp_path):
+    from benchmarks.bench_latent_map import load_glow_prior
+
+    with pytest.raises(ValueError, match="prior_weights"):
+        load_glow_prior(tmp_path / "missing.safetensors")
+    (tmp_path / "flow.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="prior_weights: expected an existing .safetensors"):
+        load_glow_prior(tmp_path / "flow.pt")
+
+
+@pytest.mark.slow
+def test_bench_latent_map_with_another_glow(tmp_path):
+    """The larger experimental Glow (4 quick training steps) runs the Gaussianization tasks only
+    and writes its own ``.prior-<name>`` files next to, not over, the shipped prior's."""
+    import subprocess
+
+    from benchmarks.bench_latent_map import main
+
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_priors.py"), "--quick",
+                           "--only", "glow_phantom32_large", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    res = main(quick=True, out_dir=tmp_path, prior_weights=tmp_path / "glow_phantom32_large.safetensors")
+    saved = json.loads((tmp_path / "latent_map.prior-glow_phantom32_large.quick.json").read_text())
+    assert not (tmp_path / "latent_map.quick.json").exists()
+    assert saved["prior"] == "glow_phantom32_large" and saved["prior_parameters"] == 594_528
+    assert set(res["tasks"]) == {"mri4x", "deblur"}
+    md = (tmp_path / "latent_map.prior-glow_phantom32_large.quick.md").read_text()
+    assert md.startswith("# Latent MAP with the Glow prior (`glow_phantom32_large`, not shipped")
+    assert "a 595k-parameter Glow" in md
+    for task in res["tasks"].values():
+        g = task["methods"]["latent_map_gaussianized"]
+        assert _finite(g["psnr_mean"], task["methods"]["latent_map"]["psnr_mean"], g["scale_tau"])
+
+
 @pytest.mark.slow
 @needs_weights
 def test_bench_mcmc_quick(tmp_path):

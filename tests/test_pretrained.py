@@ -288,6 +288,21 @@ def test_training_script_quick_run_writes_loadable_files(tmp_path):
         assert log["name"] == name and log["steps"] == 4 and math.isfinite(log["final_val_nll"])
         assert log["final_val_nll"] < log["untrained_val_nll"]
         assert log["wall_time_s"] > 0 and log["data"]["noise_sigma"] == 0.01
+    assert not list(tmp_path.glob("glow_phantom32_large*"))  # "all" means the shipped models
     bad = subprocess.run([sys.executable, str(SCRIPT), "--only", "nope", "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert bad.returncode != 0 and "--only" in bad.stderr
+
+
+def test_experimental_models_are_not_shipped_and_never_written_into_the_package(script, capsys):
+    experimental = script.experimental_specs()
+    assert set(experimental).isdisjoint(script.specs()) and set(experimental).isdisjoint(available())
+    large, shipped = experimental["glow_phantom32_large"], script.specs()["glow_phantom32"]
+    assert large.data == shipped.data and large.batch_size == shipped.batch_size
+    n_large = sum(p.numel() for p in large.build().parameters())
+    n_shipped = sum(p.numel() for p in shipped.build().parameters())
+    assert n_large == 594_528 and n_large > 7 * n_shipped
+    with pytest.raises(SystemExit):
+        script.main(["--only", "glow_phantom32_large"])  # default --out is the package folder
+    assert "--out" in capsys.readouterr().err
+    assert not (WEIGHTS_DIR / "glow_phantom32_large.safetensors").exists()
