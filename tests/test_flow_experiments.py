@@ -178,3 +178,38 @@ def test_bench_latent_map_tasks_carry_their_noise_level():
             assert abs(float(resid.std()) / sigma - 1.0) < 0.1
     with pytest.raises(ValueError, match="sigma"):
         main(quick=True, sigma=-0.1, out_dir=None)
+
+
+@needs_weights
+def test_bench_latent_map_restarts_keep_the_best_of_independent_seeds():
+    """Gaussianized restarts (Li et al.'s "seeds") start at fresh draws; the best start per
+    image wins, so three starts never end above the first one alone (which they include)."""
+    from bayesinv.gaussianize.layer import GaussianizationLayer
+    from bayesinv.problem import GaussianNoise, InverseProblem
+    from benchmarks.bench_latent_map import batched_latent_map, build_tasks, load_glow_prior
+
+    prior, _ = load_glow_prior(None)
+    task = build_tasks(1, 1, cs=False)[1]  # deblurring, one image
+    problem = InverseProblem(task.operator, prior, GaussianNoise(task.sigma))
+    g = GaussianizationLayer.for_prior(prior, scale=0.6, patch_size=4, ica=False)
+    _, one = batched_latent_map(problem, task.y_test, gaussianize=g, iters=2, restarts=1)
+    _, three = batched_latent_map(problem, task.y_test, gaussianize=g, iters=2, restarts=3)
+    assert three["restarts"] == 3 and len(three["evaluations_per_restart"]) == 3
+    assert all(b <= a + 1e-6 * abs(a) for a, b in zip(one["objective"], three["objective"], strict=True))
+    assert any(b < a - 1e-3 * abs(a) for a, b in zip(one["objective"], three["objective"], strict=True))
+
+
+def test_bench_latent_map_run_config_names_each_variant():
+    from benchmarks.bench_latent_map import FULL, PRIOR, QUICK, REFERENCE, SIGMA, run_config
+
+    cfg, stem = run_config(False, SIGMA, PRIOR, False)
+    assert cfg == FULL and stem == "latent_map"
+    cfg, stem = run_config(False, SIGMA, PRIOR, True)
+    assert stem == "latent_map.lbfgs510x3" and cfg["cs"] is False
+    assert {k: cfg[k] for k in REFERENCE} == REFERENCE == {
+        "iters_plain": 510, "iters_gauss": 510, "restarts_plain": 3, "restarts_gauss": 3,
+        "variants": False}
+    cfg, stem = run_config(True, 0.05, "glow_big", True)
+    assert stem == "latent_map.prior-glow_big.sigma0.05.lbfgs510x3.quick"
+    assert cfg["iters_plain"] == QUICK["iters_plain"] and cfg["restarts_gauss"] == 3
+    assert run_config(True, SIGMA, PRIOR, False)[1] == "latent_map.quick"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from bayesinv.infer.map import map_estimate
+from bayesinv.infer.map import map_estimate, restart_start
 from bayesinv.testing import linear_gaussian_problem
 
 
@@ -45,6 +45,45 @@ def test_restarts_keep_the_best_and_are_seeded(case):
     a = map_estimate(case.problem, case.y, restarts=3, seed=1, progress=False)
     b = map_estimate(case.problem, case.y, restarts=3, seed=1, progress=False)
     assert torch.equal(a.samples, b.samples)
+
+
+def test_restart_start_perturbs_fixed_starts_and_redraws_random_ones():
+    start = torch.zeros(1, 64, dtype=torch.float64)
+    assert restart_start(start, 0, torch.Generator().manual_seed(0), fresh=True) is start
+    near = restart_start(start + 3.0, 1, torch.Generator().manual_seed(0), fresh=False)
+    new = restart_start(start + 3.0, 1, torch.Generator().manual_seed(0), fresh=True)
+    assert near.dtype == new.dtype == torch.float64
+    assert 0.05 < float((near - 3.0).pow(2).mean().sqrt()) < 0.2  # N(0, 0.1^2) around the start
+    assert 0.7 < float(new.pow(2).mean().sqrt()) < 1.3  # a fresh N(0, I) draw, not near 3
+    assert torch.allclose(near - 3.0, 0.1 * new)  # the same seeded draw
+
+
+def test_gaussianized_restarts_are_independent_seeds(monkeypatch):
+    import bayesinv.infer.map as map_module
+
+    case = linear_gaussian_problem((1, 8, 8), m=16, sigma=0.1, seed=2)
+    starts: list[torch.Tensor] = []
+    minimise = map_module._minimise
+
+    def recording(objective, v0, **kwargs):
+        starts.append(v0.detach().clone())
+        return minimise(objective, v0, **kwargs)
+
+    monkeypatch.setattr(map_module, "_minimise", recording)
+
+    class Scale(torch.nn.Module):
+        def forward(self, z):
+            return 2.0 * z
+
+    def rms_gap():
+        gap = float((starts[1] - starts[0]).pow(2).mean().sqrt())
+        starts.clear()
+        return gap
+
+    map_estimate(case.problem, case.y, restarts=2, steps=2, seed=0, progress=False)
+    assert rms_gap() < 0.2  # plain latent MAP: z0 = 0, then a small perturbation of it
+    map_estimate(case.problem, case.y, gaussianize=Scale(), restarts=2, steps=2, seed=0, progress=False)
+    assert rms_gap() > 1.0  # Gaussianized: two independent N(0, I) starts (gap ~ sqrt 2)
 
 
 def test_gaussianize_hook_is_applied(case):

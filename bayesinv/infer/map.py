@@ -87,7 +87,9 @@ def map_estimate(
         the free latent before the generator: :math:`x = G(g(z))`. Latent MAP only.
     restarts
         Number of starts; the first starts at ``init``, the others at
-        :math:`\mathcal N(0, 0.1^2 I)` perturbations of it (seeded); the lowest objective wins.
+        :math:`\mathcal N(0, 0.1^2 I)` perturbations of it (seeded) or, when ``init`` is the
+        random draw of a Gaussianized run, at fresh standard-normal draws (Li et al.'s "seeds");
+        the lowest objective wins.
     init
         ``"auto"`` (zeros for latent MAP — a seeded standard-normal draw when ``gaussianize`` is
         given, since the layer is undefined at a constant latent — and the operator's
@@ -140,11 +142,12 @@ def map_estimate(
     if seed is not None:
         torch.manual_seed(seed)  # stochastic energies (random patches) draw from the global stream
     start = _initial_value(problem, y, method, init, gaussianize=gaussianize, generator=gen)
+    fresh = method == "latent" and _random_start(init, gaussianize)
     objective = _objective(problem, y, method, gamma, gaussianize)
     t0 = time.perf_counter()
     best: tuple[float, Tensor, list[float]] | None = None
     for r in range(restarts):
-        v0 = start if r == 0 else start + 0.1 * torch.randn(start.shape, generator=gen).to(start)
+        v0 = restart_start(start, r, gen, fresh=fresh)
         v, history = _minimise(objective, v0, optimizer=optimizer, steps=steps, lr=lr, tol=tol,
                                clamp=clamp if method == "image" else None, progress=progress,
                                desc=f"MAP ({method}, restart {r + 1}/{restarts})",
@@ -197,6 +200,27 @@ def _objective(problem: InverseProblem, y: Tensor, method: str, gamma: float,
     return latent_objective
 
 
+def restart_start(start: Tensor, restart: int, generator: torch.Generator, *, fresh: bool) -> Tensor:
+    r"""Start of restart number ``restart`` (0-based) of a multi-start optimisation.
+
+    Restart 0 starts at ``start``. Later ones start at :math:`v_0 + 0.1\,\varepsilon` (a local
+    perturbation, for deterministic starts such as Asim et al.'s :math:`z_0 = 0`) or, with
+    ``fresh``, at a new draw :math:`\varepsilon` (for random starts, so that each restart is an
+    independent seed as in Li et al. 2023); :math:`\varepsilon \sim \mathcal N(0, I)` from
+    ``generator`` (CPU), moved to ``start``'s device and dtype.
+    """
+    if restart == 0:
+        return start
+    eps = torch.randn(start.shape, generator=generator).to(start)
+    return eps if fresh else start + 0.1 * eps
+
+
+def _random_start(init: str | Tensor, gaussianize: nn.Module | None) -> bool:
+    """Whether latent MAP with this ``init`` starts from a standard-normal draw."""
+    return (isinstance(init, str) and init == "auto" and gaussianize is not None
+            and getattr(gaussianize, "enabled", True))
+
+
 def _initial_value(problem: InverseProblem, y: Tensor, method: str, init: str | Tensor, *,
                    gaussianize: nn.Module | None = None,
                    generator: torch.Generator | None = None) -> Tensor:
@@ -213,7 +237,7 @@ def _initial_value(problem: InverseProblem, y: Tensor, method: str, init: str | 
         return v.clone()
     check_choice(init, "init", ("auto", "zeros", "pinv"))
     if method == "latent":
-        if init == "auto" and gaussianize is not None and getattr(gaussianize, "enabled", True):
+        if _random_start(init, gaussianize):
             # g standardises groups of the latent, so it is undefined at a constant latent;
             # start, as Li et al. (2023) do, from a draw of the latent prior (seeded).
             z0 = torch.randn((1, *problem.prior.latent_shape), generator=generator)
