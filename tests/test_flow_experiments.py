@@ -213,3 +213,29 @@ def test_bench_latent_map_run_config_names_each_variant():
     assert stem == "latent_map.prior-glow_big.sigma0.05.lbfgs510x3.quick"
     assert cfg["iters_plain"] == QUICK["iters_plain"] and cfg["restarts_gauss"] == 3
     assert run_config(True, SIGMA, PRIOR, False)[1] == "latent_map.quick"
+
+
+def test_bench_latent_map_model_error_simulates_data_the_model_cannot_fit():
+    """With a forward-model error the data depart from the model's prediction by far more than
+    the noise (residual std 1.4σ for ε = 0.2; without one, 1σ); the run is named after the error."""
+    from benchmarks.bench_latent_map import PRIOR, SIGMA, build_tasks, coil_sensitivity, run_config
+
+    coil = coil_sensitivity((1, 4, 5), 0.2)
+    assert torch.allclose(coil[0, :, 0], torch.full((4,), 0.8))
+    assert torch.allclose(coil[0, :, -1], torch.full((4,), 1.2))
+    exact = build_tasks(2, 1, cs=False)
+    wrong = build_tasks(2, 1, cs=False, model_error=0.2)
+    for a, b in zip(exact, wrong, strict=True):
+        assert a.name == b.name and torch.equal(a.x_test, b.x_test)
+        assert "model error 0.2" in b.description and "model error" not in a.description
+        with torch.no_grad():
+            misfit_a = float((a.y_test - a.operator(a.x_test)).std()) / SIGMA
+            misfit_b = float((b.y_test - b.operator(b.x_test)).std()) / SIGMA
+        assert abs(misfit_a - 1.0) < 0.1 and misfit_b > 1.25, (a.name, misfit_a, misfit_b)
+    cfg, stem = run_config(False, SIGMA, PRIOR, False, 0.2)
+    assert stem == "latent_map.model-error0.2" and cfg["cs"] is False
+    for bad in (-0.1, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="model_error"):
+            build_tasks(1, 1, cs=False, model_error=bad)
+    with pytest.raises(ValueError, match="model_error"):
+        build_tasks(1, 1, cs=True, model_error=0.2)
