@@ -118,6 +118,8 @@ FULL = {"n_test": 8, "n_val": 4, "iters_plain": 250, "iters_gauss": 250, "restar
 QUICK = {"n_test": 2, "n_val": 2, "iters_plain": 40, "iters_gauss": 8, "restarts_plain": 1,
          "restarts_gauss": 1, "iters_tune": 0, "tune": False, "cs": True, "tv_iter": 100,
          "iters_check": 0, "tau_factors": (0.85, 1.0)}
+#: Std (px) of the deblurring task's Gaussian blur, the model's in a ``model_error`` run.
+BLUR_WIDTH = 1.5
 #: Li et al.'s reference optimiser (DESIGN.md §4): L-BFGS, at most 510 iterations, 3 seeds;
 #: overrides FULL (QUICK keeps its iterations and takes the 3 starts).
 #: The tau scan and the warm start are left out at this budget ("variants": they would add
@@ -199,15 +201,16 @@ def build_tasks(n_test: int, n_val: int, cs: bool, sigma: float = SIGMA,
     x_val = ellipse_phantoms(n_val, 32, seed=VALIDATION_SEED)
     ops = [("mri4x", MRI(shape, acceleration=4.0, mask="random", seed=0),
             f"CS-MRI, 4x random mask (8% centre), sigma {sigma:g}"),
-           ("deblur", Blur(shape, "gaussian", width=1.5), f"Gaussian blur std 1.5 px, sigma {sigma:g}")]
+           ("deblur", Blur(shape, "gaussian", width=BLUR_WIDTH),
+            f"Gaussian blur std {BLUR_WIDTH:g} px, sigma {sigma:g}")]
     simulate = {}
     if model_error:
         mri, coil = ops[0][1], coil_sensitivity(shape, model_error)
         simulate = {"mri4x": lambda x: mri(x * coil),
-                    "deblur": Blur(shape, "gaussian", width=1.5 * (1.0 + model_error))}
+                    "deblur": Blur(shape, "gaussian", width=BLUR_WIDTH * (1.0 + model_error))}
         ops = [(name, op, desc + f"; data simulated with model error {model_error:g} ("
                 + ("unmodelled coil sensitivity" if name == "mri4x" else
-                   f"true blur std {1.5 * (1.0 + model_error):g} px") + ")")
+                   f"true blur std {BLUR_WIDTH * (1.0 + model_error):g} px") + ")")
                for name, op, desc in ops]
     if cs:
         ops += [("cs_m128", CompressedSensing(shape, 128, kind="gaussian", seed=0),
@@ -544,7 +547,8 @@ def markdown(result: dict[str, Any]) -> str:
              f"{GAUSS_SETTINGS[result['gaussianization_setting']]} (chosen on a validation image). "
              f"Baseline weights chosen on {cfg['n_val']} validation images (seeds ≥ {VALIDATION_SEED})."
              + (f" **Forward-model error ε = {result['model_error']:g}**: the data were simulated "
-                f"with a blur std of {1.5 * (1 + result['model_error']):g} px (model: 1.5 px) and "
+                f"with a blur std of {BLUR_WIDTH * (1 + result['model_error']):g} px (model: "
+                f"{BLUR_WIDTH:g} px) and "
                 f"through an MRI coil sensitivity ramping from {1 - result['model_error']:g} to "
                 f"{1 + result['model_error']:g} (model: none); every method reconstructs with the model."
                 if result.get("model_error") else ""),
