@@ -109,6 +109,15 @@ def test_bench_latent_map_quick(tmp_path):
             assert warm["latent_norm_over_sqrt_D"] == pytest.approx(warm["scale_tau"], rel=1e-4)
             plain_rms = methods["latent_map"]["latent_norm_over_sqrt_D"]
             assert warm["scale_tau"] == pytest.approx(plain_rms, rel=1e-3)
+            # Li et al.'s baselines: same tau as the layer; beta is the validation-best of the grid
+            g = methods["latent_map_gaussianized"]
+            for key in ("latent_map_li_unregularised", "latent_map_li_spherical", "latent_map_li_density"):
+                assert methods[key]["scale_tau"] == g["scale_tau"]
+            sph = methods["latent_map_li_spherical"]["latent_norm_over_sqrt_D"]
+            assert sph == pytest.approx([g["scale_tau"]] * task["n_test"], rel=1e-4)
+            dens = methods["latent_map_li_density"]
+            assert set(dens["beta_scan_validation"]) == {"0.0", "1.0"}
+            assert dens["beta_scan_validation"][str(dens["beta"])] == max(dens["beta_scan_validation"].values())
         for m in methods.values():
             assert len(m["psnr"]) == task["n_test"]
             assert _finite(m["psnr_mean"], m["psnr_std"], m["ssim_mean"], m["ssim_std"])
@@ -197,6 +206,40 @@ def test_bench_latent_map_restarts_keep_the_best_of_independent_seeds():
     assert three["restarts"] == 3 and len(three["evaluations_per_restart"]) == 3
     assert all(b <= a + 1e-6 * abs(a) for a, b in zip(one["objective"], three["objective"], strict=True))
     assert any(b < a - 1e-3 * abs(a) for a, b in zip(one["objective"], three["objective"], strict=True))
+
+
+@needs_weights
+def test_bench_latent_map_li_baselines_objectives():
+    """Li et al.'s Glow baselines: the beta term is the image-space negative log-density
+    -log p_X(G(w)) (less D/2 log 2 pi, through the flow's change of variables), the spherical
+    latent has norm tau sqrt(D), and the scaled latent is tau v."""
+    from bayesinv.problem import GaussianNoise, InverseProblem
+    from benchmarks.bench_latent_map import (
+        ScaledLatent,
+        SphericalLatent,
+        build_tasks,
+        latent_objective,
+        load_glow_prior,
+    )
+
+    prior, _ = load_glow_prior(None)
+    task = build_tasks(2, 1, cs=False)[0]
+    problem = InverseProblem(task.operator, prior, GaussianNoise(task.sigma))
+    d = prior.latent_shape[0]
+    v = 0.6 * torch.randn((2, d), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        fit = latent_objective(problem, task.y_test, gamma=0.0)(v)
+        dens = latent_objective(problem, task.y_test, gamma=0.0, beta=0.3)(v)
+        both = latent_objective(problem, task.y_test, gamma=0.5, beta=0.3)(v)
+        neg_log_density = -prior.log_prob(prior.generate(v)) - 0.5 * d * math.log(2 * math.pi)
+        nll = problem.negative_log_likelihood(prior.generate(v), task.y_test)
+    assert torch.allclose(fit, nll)
+    assert torch.allclose((dens - fit) / 0.3, neg_log_density, rtol=1e-4)
+    assert torch.allclose(both - dens, 0.5 * v.pow(2).sum(1), rtol=1e-4)
+    assert torch.allclose(ScaledLatent(0.6)(v), 0.6 * v)
+    w = SphericalLatent(0.6)(3.0 * v)
+    assert torch.allclose(w.norm(dim=1), torch.full((2,), 0.6 * math.sqrt(d)))
+    assert torch.allclose(w, SphericalLatent(0.6)(v), atol=1e-6)  # scale-free in v
 
 
 def test_bench_latent_map_run_config_names_each_variant():
