@@ -118,6 +118,7 @@ def test_bench_latent_map_quick(tmp_path):
             dens = methods["latent_map_li_density"]
             assert set(dens["beta_scan_validation"]) == {"0.0", "1.0"}
             assert dens["beta_scan_validation"][str(dens["beta"])] == max(dens["beta_scan_validation"].values())
+            assert methods["image_map"]["steps"] == 1 and len(methods["image_map"]["psnr"]) == task["n_test"]
         for m in methods.values():
             assert len(m["psnr"]) == task["n_test"]
             assert _finite(m["psnr_mean"], m["psnr_std"], m["ssim_mean"], m["ssim_std"])
@@ -251,7 +252,7 @@ def test_bench_latent_map_run_config_names_each_variant():
     assert stem == "latent_map.lbfgs510x3" and cfg["cs"] is False
     assert {k: cfg[k] for k in REFERENCE} == REFERENCE == {
         "iters_plain": 510, "iters_gauss": 510, "restarts_plain": 3, "restarts_gauss": 3,
-        "variants": False}
+        "variants": False, "image_map_steps": 26}
     cfg, stem = run_config(True, 0.05, "glow_big", True)
     assert stem == "latent_map.prior-glow_big.sigma0.05.lbfgs510x3.quick"
     assert cfg["iters_plain"] == QUICK["iters_plain"] and cfg["restarts_gauss"] == 3
