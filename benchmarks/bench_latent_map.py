@@ -43,9 +43,10 @@ Methods:
   paper's "improves over plain latent MAP" is measured against; plain :math:`\gamma = 1/2` MAP
   from :math:`w_0 = 0` (Asim et al.'s estimator, this package's default) is not among them.
 * **image-space MAP** (:func:`image_map`): ``map_estimate(method="image")``, L-BFGS over the
-  pixels from :math:`A^\dagger y` (``image_map_steps`` outer steps of up to 20 iterations) on
-  :math:`\tfrac{1}{2\sigma^2}\|Ax - y\|^2 - \log p_X(x)`, the :math:`\beta = 1` objective in
-  other coordinates.
+  pixels from the operator's ``init_estimate(y)`` (:math:`A^\dagger y` / :math:`y`;
+  ``image_map_steps`` outer steps of up to 20 iterations) on
+  :math:`\tfrac{1}{2\sigma^2}\|Ax - y\|^2 - \log p_X(x)`, the :math:`\gamma = 0, \beta = 1`
+  objective in other coordinates.
 * Tikhonov (:math:`L = \nabla`) and TV (PDHG) with the weight chosen on validation images by
   :func:`bayesinv.baselines.select_weight`, and Lasso-DCT for compressed sensing.
 
@@ -567,8 +568,9 @@ def image_map(problem, task: Task, steps: int) -> dict[str, Any]:
     r"""Image-space MAP, :func:`bayesinv.infer.map.map_estimate` with ``method="image"``, per
     test image: :math:`\min_x \tfrac{1}{2\sigma^2}\|A x - y\|^2 - \log p_X(x)` over the
     pixels by L-BFGS (``steps`` outer steps of up to 20 iterations) from the operator's
-    :math:`A^\dagger y`. Its minimiser is the :math:`\beta = 1` objective of
-    :func:`latent_objective` (the flow is a bijection); the coordinates and the start differ.
+    ``init_estimate(y)`` (zero-filled :math:`A^\dagger y` for MRI, :math:`y` for the blur). Its
+    minimiser is that of :func:`latent_objective` with :math:`\gamma = 0, \beta = 1` (the flow
+    is a bijection); the coordinates and the start differ.
     """
     from bayesinv.infer.map import map_estimate
 
@@ -646,7 +648,7 @@ _LABELS = {"init": "A†y / y", "pinv": "least squares A†y", "tikhonov": "Tikh
            "latent_map_li_unregularised": "Li et al.'s baseline: data fit only, w = τv from v₀ ~ N(0, I)",
            "latent_map_li_spherical": "Li et al.'s baseline: spherical latent ‖w‖ = τ√D",
            "latent_map_li_density": "Li et al.'s baseline: + β·(−log p_X(G(w))), β chosen on validation",
-           "image_map": "image-space MAP (map_estimate method='image', L-BFGS from A†y)"}
+           "image_map": "image-space MAP (map_estimate method='image', L-BFGS from A†y / y)"}
 
 
 def literature(n_parameters: int) -> dict[str, Any]:
