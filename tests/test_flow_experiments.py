@@ -283,3 +283,49 @@ def test_bench_latent_map_model_error_simulates_data_the_model_cannot_fit():
             build_tasks(1, 1, cs=False, model_error=bad)
     with pytest.raises(ValueError, match="model_error"):
         build_tasks(1, 1, cs=True, model_error=0.2)
+
+
+def test_bench_latent_map_natural_domain_holds_out_the_prior_training_images():
+    """The natural domain's test and validation crops are 32×32, textured, seeded, distinct from
+    each other and from images of ``NATURAL_TRAIN_NAMES`` (``glow_natural32``'s training set);
+    the run is named after the domain and rejects an unknown one."""
+    from bayesinv.data import NATURAL_TRAIN_NAMES
+    from benchmarks.bench_latent_map import (
+        SIGMA,
+        build_tasks,
+        held_out_images,
+        main,
+        run_config,
+    )
+
+    assert not {"camera", "astronaut", "rocket"} & set(NATURAL_TRAIN_NAMES)
+    x_test, x_val = held_out_images("natural", 4, 2)
+    assert x_test.shape == (4, 1, 32, 32) and x_val.shape == (2, 1, 32, 32)
+    assert torch.equal(x_test, held_out_images("natural", 4, 2)[0])
+    assert float(x_test.flatten(1).std(1).min()) >= 0.1  # textured, not flat sky
+    assert float((x_test[:, None] - x_val[None]).abs().flatten(2).amax(2).min()) > 0.0
+    phantom_test, _ = held_out_images("phantom", 4, 2)
+    assert not torch.equal(x_test, phantom_test)
+    for task in build_tasks(2, 1, cs=False, domain="natural"):
+        assert torch.equal(task.x_test, held_out_images("natural", 2, 1)[0])
+    cfg, stem = run_config(False, SIGMA, "glow_natural32", False, 0.0, "natural")
+    assert stem == "latent_map.natural" and cfg["cs"] is False  # the domain's shipped Glow
+    assert run_config(True, SIGMA, "glow_big", False, 0.0, "natural")[1] == \
+        "latent_map.prior-glow_big.natural.quick"
+    assert run_config(False, SIGMA, "glow_natural32", False)[1] == "latent_map.prior-glow_natural32"
+    for bad in (lambda: held_out_images("faces", 1, 1), lambda: main(quick=True, out_dir=None, domain="faces")):
+        with pytest.raises(ValueError, match="domain"):
+            bad()
+
+
+def test_bench_latent_map_verdict_words_follow_the_paired_standard_error():
+    """"ahead"/"behind" need a mean per-image difference beyond one paired standard error;
+    a run with non-finite objectives is counted as diverged and flagged in the report."""
+    from benchmarks.bench_latent_map import _diverged, paired_outcome
+
+    assert paired_outcome([2.0, 3.0, 4.0], [1.0, 1.0, 1.0])[0] == "ahead"
+    outcome, mean, se = paired_outcome([1.0, 2.0, 0.5, 1.5], [1.1, 1.5, 0.9, 1.6])
+    assert outcome == "tied" and mean == pytest.approx(-0.025) and se > abs(mean)
+    assert paired_outcome([0.0, 0.0], [1.0, 1.2])[0] == "behind"
+    assert _diverged({"objective": [1.0, float("inf"), float("nan")]}) == 2
+    assert _diverged({"objective": [1.0]}) == 0 and _diverged({}) == 0

@@ -19,7 +19,14 @@ from .._checks import check_choice, check_int, check_positive, resolve_device
 
 #: Sample images bundled with scikit-image that bayesinv can load without a network.
 IMAGE_NAMES = ("camera", "astronaut", "brick", "grass", "gravel", "coins", "moon", "text",
-               "shepp_logan_phantom")
+               "shepp_logan_phantom", "cell", "chelsea", "clock", "coffee",
+               "immunohistochemistry", "page", "rocket")
+
+#: Natural photographs a natural-image prior may be trained on: every bundled photograph except
+#: ``camera`` and ``astronaut`` (held out for super-resolution and latent-MAP tests) and
+#: ``rocket`` (held out for a prior's validation likelihood).
+NATURAL_TRAIN_NAMES = ("brick", "grass", "gravel", "coins", "moon", "text", "cell", "chelsea",
+                       "clock", "coffee", "immunohistochemistry", "page")
 
 #: Textures (for Wasserstein patch priors and texture super-resolution).
 TEXTURE_NAMES = ("brick", "grass", "gravel")

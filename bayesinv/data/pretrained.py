@@ -9,14 +9,14 @@ command that regenerates them, a few minutes on 2 CPU cores):
 * ``NAME.train.json`` — the training log (:meth:`bayesinv.flows.train.TrainResult.to_json`:
   held-out NLL and bits/dim, steps, wall time) plus the data recipe.
 
-All three models are maximum-likelihood flows fitted to data with Gaussian dequantisation
+All the models are maximum-likelihood flows fitted to data with Gaussian dequantisation
 noise :math:`\sigma = 0.01` (see the script), so their densities are smooth.
 
 Examples
 --------
 >>> from bayesinv.data.pretrained import available, load_prior
 >>> sorted(available())
-['glow_phantom32', 'glow_velocity32', 'patchnr_ct', 'patchnr_natural']
+['glow_natural32', 'glow_phantom32', 'glow_velocity32', 'patchnr_ct', 'patchnr_natural']
 >>> load_prior("glow_phantom32").sample(2).shape
 torch.Size([2, 1, 32, 32])
 """
@@ -40,6 +40,12 @@ _MODELS: dict[str, str] = {
         "(training seeds 0..3999, validation seeds 5000..5255; >= 10000 held out); image prior "
         "with a flat latent of 1024 dimensions (use load_prior)."
     ),
+    "glow_natural32": (
+        "Glow (3 levels x 6 steps, hidden 128) on 32x32 grayscale crops of 12 bundled natural "
+        "photographs (bayesinv.data.NATURAL_TRAIN_NAMES, 3 scales, 8 dihedral copies); "
+        "'rocket' is the validation image, 'camera' and 'astronaut' are held out; image prior "
+        "with a flat latent of 1024 dimensions (use load_prior)."
+    ),
     "patchnr_ct": (
         "patchNR PatchFlow on 6x6 patches (5 blocks, subnets 2x128) of 64x64 ellipse phantoms "
         "(training seeds 0..199, validation seeds 5000..5031; >= 10000 held out); patch "
@@ -56,7 +62,7 @@ _MODELS: dict[str, str] = {
         "out), trained by scripts/train_velocity_prior.py; prior for eikonal tomography."
     ),
 }
-_IMAGE_FLOWS = ("glow_phantom32", "glow_velocity32")
+_IMAGE_FLOWS = ("glow_phantom32", "glow_natural32", "glow_velocity32")
 
 
 def available() -> dict[str, str]:
